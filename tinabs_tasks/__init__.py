@@ -1,0 +1,1 @@
+"""tinabs: skeleton backups of XenServer / XCP-ng VMs as Celery task chains."""

@@ -1,0 +1,147 @@
+"""The simulator's control API (loopback only, no XAPI session).
+
+``GET /sim/state``                 every object of every class of every pool
+``GET|POST|DELETE /sim/faults``    list, add (see ..faults), clear faults
+``GET /sim/vdi/<uuid>``            {pool, sha256, virtual_size, nonzero_bytes}
+``GET /sim/vdi/<uuid>/data``       the VDI's raw bytes
+``POST /sim/vdi/<uuid>/write``     a guest write: {"offset": int, "hex": "..."}
+                                   (only this VDI changes; its snapshots keep
+                                   their bytes, as with a real live snapshot)
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import urllib.parse
+from http.server import BaseHTTPRequestHandler
+
+from . import datamodel, wire
+from .errors import XapiError
+from .faults import FaultSpecError, parse_spec
+
+log = logging.getLogger("tinabs.sim.control")
+
+
+class ControlHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):
+        log.debug(fmt, *args)
+
+    @property
+    def sim(self):
+        return self.server.sim
+
+    def _json(self, status: int, payload) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _body_json(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length)
+        try:
+            return json.loads(raw or b"null")
+        except ValueError as exc:
+            raise FaultSpecError(f"body is not JSON: {exc}") from None
+
+    def _allowed(self) -> bool:
+        if ipaddress.ip_address(self.client_address[0]).is_loopback:
+            return True
+        self._json(403, {"error": "the control API answers loopback clients only"})
+        return False
+
+    def _parts(self) -> list[str]:
+        return [p for p in urllib.parse.urlsplit(self.path).path.split("/") if p]
+
+    def do_GET(self):
+        if not self._allowed():
+            return
+        parts = self._parts()
+        if parts == ["sim", "state"]:
+            return self._json(200, self.sim.state())
+        if parts == ["sim", "faults"]:
+            return self._json(200, {"faults": self.sim.faults.active()})
+        if len(parts) in (3, 4) and parts[:2] == ["sim", "vdi"]:
+            return self._vdi(parts[2], data=len(parts) == 4 and parts[3] == "data")
+        self._json(404, {"error": f"no such control endpoint {self.path}"})
+
+    def do_POST(self):
+        if not self._allowed():
+            return
+        parts = self._parts()
+        try:
+            if parts == ["sim", "faults"]:
+                return self._add_faults(self._body_json())
+            if len(parts) == 4 and parts[:2] == ["sim", "vdi"] and parts[3] == "write":
+                return self._write(parts[2], self._body_json())
+        except FaultSpecError as exc:
+            return self._json(400, {"error": str(exc)})
+        self._json(404, {"error": f"no such control endpoint {self.path}"})
+
+    def do_DELETE(self):
+        if not self._allowed():
+            return
+        if self._parts() == ["sim", "faults"]:
+            self.sim.faults.clear()
+            return self._json(200, {"cleared": True})
+        self._json(404, {"error": f"no such control endpoint {self.path}"})
+
+    def _add_faults(self, body) -> None:
+        specs = body if isinstance(body, list) else [body]
+        parsed = [parse_spec(spec, self.sim.pools) for spec in specs]  # all or nothing
+        ids, expired = [], 0
+        for spec in parsed:
+            if "expire_sessions" in spec:
+                expired += sum(p.expire_sessions() for name, p in self.sim.pools.items()
+                               if spec.get("pool") in (None, name))
+            else:
+                ids.append(self.sim.faults.add(spec))
+        self._json(200, {"ids": ids, "expired_sessions": expired})
+
+    def _find_vdi(self, uuid: str):
+        for pool in self.sim.pools.values():
+            try:
+                return pool, pool.store.by_uuid("VDI", uuid)
+            except XapiError:
+                continue
+        return None, None
+
+    def _vdi(self, uuid: str, data: bool) -> None:
+        pool, ref = self._find_vdi(uuid)
+        if pool is None:
+            return self._json(404, {"error": f"no VDI with uuid {uuid}"})
+        content = pool.content(ref)
+        if not data:
+            return self._json(200, {"pool": pool.name, "ref": ref, "sha256": content.sha256(),
+                                    "virtual_size": content.size, "nonzero_bytes": content.nonzero_bytes()})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(content.size))
+        self.end_headers()
+        for k in range(content.chunk_count() if content.size else 0):
+            self.wfile.write(content.chunk(k))
+
+    def _write(self, uuid: str, body) -> None:
+        pool, ref = self._find_vdi(uuid)
+        if pool is None:
+            return self._json(404, {"error": f"no VDI with uuid {uuid}"})
+        if not isinstance(body, dict) or not isinstance(body.get("offset"), int) or not isinstance(body.get("hex"), str):
+            raise FaultSpecError('a write is {"offset": int, "hex": "..."}')
+        try:
+            data = bytes.fromhex(body["hex"])
+        except ValueError:
+            raise FaultSpecError("'hex' is not hexadecimal") from None
+        if body["offset"] < 0 or body["offset"] + len(data) > pool.content(ref).size:
+            raise FaultSpecError("write outside the disk")
+        pool.guest_write(ref, body["offset"], data)
+        self._json(200, {"written": len(data)})
+
+
+def pool_state(pool) -> dict:
+    return {cls: {ref: wire.to_json(rec) for ref, rec in pool.store.all_records(cls).items()}
+            for cls in datamodel.CLASSES}

@@ -1,0 +1,78 @@
+"""``tinabs sim``: run the simulator in the foreground, print one JSON ready line."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+
+from .server import Simulator
+from .settings import SimSettings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pools", type=int, default=2, help="number of pools (default 2)")
+    parser.add_argument("--vms-per-pool", type=int, default=8, help="VMs per pool (default 8)")
+    parser.add_argument("--hosts-per-pool", type=int, default=2, help="hosts per pool (default 2)")
+    parser.add_argument("--seed", type=int, default=1, help="inventory seed (default 1)")
+    parser.add_argument("--disk-mib", type=int, default=64, help="system disk size in MiB (default 64)")
+    parser.add_argument("--port", type=int, default=0,
+                        help="control API port; pool k listens on PORT+k (default: free ports)")
+    parser.add_argument("--latency", type=float, default=0.0, metavar="SECONDS",
+                        help="duration of each slow operation: snapshot, clone, copy, create (default 0)")
+    parser.add_argument("--host-bandwidth-mbps", type=float, default=0.0, metavar="MB_PER_S",
+                        help="per-host export bandwidth cap in MB/s (default: none)")
+    parser.add_argument("--copy-bandwidth-mbps", type=float, default=0.0, metavar="MB_PER_S",
+                        help="VDI.copy speed in MB/s (default: instant)")
+    parser.add_argument("--export-keepalive", type=float, default=5.0, metavar="SECONDS",
+                        help="empty keep-alive chunk after this long without export output (default 5, as xapi)")
+    parser.add_argument("--session-ttl", type=float, default=0.0, metavar="SECONDS",
+                        help="expire sessions idle this long (default: never)")
+    parser.add_argument("--write-config", metavar="FILE", help="write a tinabs config for these pools")
+    parser.add_argument("--dest", metavar="DIR", help="backup destination written into --write-config")
+
+
+def run(args: argparse.Namespace) -> int:
+    if bool(args.write_config) != bool(args.dest):
+        print("tinabs sim: --write-config and --dest go together", file=sys.stderr)
+        return 2
+    settings = SimSettings(latency_s=args.latency, host_bandwidth=args.host_bandwidth_mbps * 1e6,
+                           copy_bandwidth=args.copy_bandwidth_mbps * 1e6,
+                           export_keepalive_s=args.export_keepalive, session_ttl_s=args.session_ttl)
+    try:
+        sim = Simulator(args.pools, args.vms_per_pool, args.hosts_per_pool, args.seed, args.disk_mib,
+                        args.port, settings)
+        info = sim.start()
+    except (ValueError, OSError) as exc:
+        print(f"tinabs sim: {exc}", file=sys.stderr)
+        return 2
+    if args.write_config:
+        write_config(args.write_config, args.dest, info)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(json.dumps(info), flush=True)
+    stop.wait()
+    sim.stop()
+    return 0
+
+
+def write_config(path: str, dest: str, info: dict) -> None:
+    """A tinabs config for the simulated pools; passwords go to 0600 files beside it."""
+    secrets = os.path.join(os.path.dirname(os.path.abspath(path)), "secrets")
+    os.makedirs(secrets, mode=0o700, exist_ok=True)
+    lines = ['broker_url = "redis://127.0.0.1:6379/0"', f"destination = {json.dumps(os.path.abspath(dest))}", ""]
+    for pool in info["pools"]:
+        secret = os.path.join(secrets, f"{pool['name']}.password")
+        fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(pool["password"] + "\n")
+        lines += [f"[pools.{json.dumps(pool['name'])}]", f"master = {json.dumps(pool['master'])}",
+                  f"username = {json.dumps(pool['username'])}", f"password_file = {json.dumps(secret)}",
+                  'shared_sr = "nfs-shared"', 'backup_sr = "backup-sr"', "max_concurrent_exports = 2", ""]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        fh.write("\n".join(lines))
+    os.replace(tmp, path)

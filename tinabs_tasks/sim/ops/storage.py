@@ -1,0 +1,169 @@
+"""VDI and SR messages.  Disk bytes live in ``pool.disks`` (see ..disks)."""
+from __future__ import annotations
+
+import random
+
+from ..datamodel import NULL_REF
+from ..disks import SeededContent
+from ..errors import XapiError
+from ..tasks import now
+from . import Ctx, op
+from .construct import ctor_fields, require
+
+_COPIED_FIELDS = ("name_label", "name_description", "type", "sharable", "virtual_size", "other_config",
+                  "xenstore_data", "tags", "on_boot", "allow_caching")
+
+
+def empty_content(size: int) -> SeededContent:
+    return SeededContent(seed=0, size=size, density=0.0)
+
+
+def refresh_sr(ctx: Ctx, sr: str) -> None:
+    """physical_utilisation/virtual_allocation from the VDIs (thin SRs count written bytes)."""
+    with ctx.store.lock:
+        vdis = ctx.store.get("SR", sr, "VDIs")
+        virtual = sum(ctx.store.get("VDI", v, "virtual_size") for v in vdis)
+        physical = sum(ctx.store.get("VDI", v, "physical_utilisation") for v in vdis)
+        ctx.store.update("SR", sr, virtual_allocation=virtual, physical_utilisation=physical)
+
+
+def _assert_disk_sr(ctx: Ctx, sr: str) -> None:
+    """ISO libraries take no new disks (SM has no vdi_create there)."""
+    if ctx.store.get("SR", sr, "content_type") == "iso":
+        raise XapiError("SR_OPERATION_NOT_SUPPORTED", sr)
+
+
+def _assert_room(ctx: Ctx, sr: str, needed: int) -> None:
+    rec = ctx.store.record("SR", sr)
+    free = rec["physical_size"] - rec["physical_utilisation"]
+    if needed > free:
+        raise XapiError("SR_FULL", needed, free)
+
+
+def _thin(ctx: Ctx, sr: str) -> bool:
+    return ctx.store.get("SR", sr, "type") in ("nfs", "ext", "file", "smb", "iso")
+
+
+def new_vdi(ctx: Ctx, sr: str, fields: dict, content) -> str:
+    used = content.nonzero_bytes() if _thin(ctx, sr) else fields["virtual_size"]
+    _assert_room(ctx, sr, used)
+    fields = {"managed": True, "missing": False, "location": "", "sm_config": {}, "snapshot_of": NULL_REF,
+              "is_a_snapshot": False, **fields, "SR": sr, "physical_utilisation": used}
+    with ctx.store.lock:
+        ref = ctx.store.create("VDI", fields)
+        ctx.store.set("VDI", ref, "location", ctx.store.get("VDI", ref, "uuid"))
+        ctx.pool.disks[ref] = content
+        refresh_sr(ctx, sr)
+    return ref
+
+
+def _source(ctx: Ctx, vdi) -> dict:
+    return ctx.store.record("VDI", require(ctx.store, "VDI", vdi))
+
+
+def snapshot_vdi(ctx: Ctx, vdi: str) -> str:
+    src = _source(ctx, vdi)
+    fields = {k: src[k] for k in _COPIED_FIELDS}
+    fields.update(read_only=True, is_a_snapshot=True, snapshot_of=vdi, snapshot_time=now())
+    return new_vdi(ctx, src["SR"], fields, ctx.pool.content(vdi))
+
+
+def clone_vdi(ctx: Ctx, vdi: str) -> str:
+    src = _source(ctx, vdi)
+    fields = {k: src[k] for k in _COPIED_FIELDS}
+    fields.update(read_only=False)
+    return new_vdi(ctx, src["SR"], fields, ctx.pool.content(vdi))
+
+
+def copy_vdi(ctx: Ctx, vdi: str, sr: str, into: str | None) -> str:
+    src = _source(ctx, vdi)
+    content = ctx.pool.content(vdi)
+    bandwidth = ctx.pool.settings.copy_bandwidth
+    seconds = ctx.pool.settings.latency_s + (content.nonzero_bytes() / bandwidth if bandwidth else 0)
+    if into:
+        target = _source(ctx, into)
+        if target["virtual_size"] < src["virtual_size"]:
+            raise XapiError("VDI_TOO_SMALL", into, src["virtual_size"])
+        ctx.pool.tasks.sleep(ctx.task, seconds)
+        ctx.pool.disks[into] = content
+        return into
+    require(ctx.store, "SR", sr)
+    _assert_disk_sr(ctx, sr)
+    _assert_room(ctx, sr, content.nonzero_bytes() if _thin(ctx, sr) else src["virtual_size"])
+    ctx.pool.tasks.sleep(ctx.task, seconds)
+    fields = {k: src[k] for k in ("name_label", "name_description", "type", "sharable", "virtual_size")}
+    fields.update(read_only=False)
+    return new_vdi(ctx, sr, fields, content)
+
+
+@op("VDI.snapshot")
+def vdi_snapshot(ctx: Ctx, vdi, driver_params):
+    _source(ctx, vdi)
+    ctx.pool.slow_op(ctx.task)
+    return snapshot_vdi(ctx, vdi)
+
+
+@op("VDI.clone")
+def vdi_clone(ctx: Ctx, vdi, driver_params):
+    _source(ctx, vdi)
+    ctx.pool.slow_op(ctx.task)
+    return clone_vdi(ctx, vdi)
+
+
+@op("VDI.copy")
+def vdi_copy(ctx: Ctx, vdi, sr, base_vdi, into_vdi):
+    _source(ctx, vdi)
+    if into_vdi != NULL_REF:
+        return copy_vdi(ctx, vdi, sr, require(ctx.store, "VDI", into_vdi))
+    if sr == NULL_REF:
+        raise XapiError("VALUE_NOT_SUPPORTED", "sr", sr, "give a destination SR or into_vdi")
+    return copy_vdi(ctx, vdi, sr, None)
+
+
+@op("VDI.create")
+def vdi_create(ctx: Ctx, args):
+    fields = ctor_fields("VDI", args)
+    require(ctx.store, "SR", fields["SR"])
+    _assert_disk_sr(ctx, fields["SR"])
+    if fields["virtual_size"] < 0:
+        raise XapiError("INVALID_VALUE", "virtual_size", fields["virtual_size"])
+    ctx.pool.slow_op(ctx.task)
+    return new_vdi(ctx, fields.pop("SR"), fields, empty_content(fields["virtual_size"]))
+
+
+@op("VDI.destroy")
+def vdi_destroy(ctx: Ctx, self):
+    rec = _source(ctx, self)
+    with ctx.store.lock:
+        for vbd in rec["VBDs"]:
+            if ctx.store.get("VBD", vbd, "currently_attached"):
+                raise XapiError("VDI_IN_USE", self, "destroy")
+        for vbd in rec["VBDs"]:  # detached VBDs of halted VMs go with the disk
+            ctx.store.destroy("VBD", vbd)
+        ctx.store.destroy("VDI", self)
+        ctx.pool.disks.pop(self, None)
+        refresh_sr(ctx, rec["SR"])
+    return ""
+
+
+def assert_attachable(ctx: Ctx, vdi: str, mode: str) -> None:
+    """A RW attach needs a writable VDI that no running VM already has RW (unless sharable)."""
+    rec = _source(ctx, vdi)
+    if mode == "RW" and rec["read_only"]:
+        raise XapiError("VDI_READONLY", vdi)
+    if mode == "RW" and not rec["sharable"]:
+        for vbd in rec["VBDs"]:
+            if ctx.store.get("VBD", vbd, "currently_attached") and ctx.store.get("VBD", vbd, "mode") == "RW":
+                raise XapiError("VDI_IN_USE", vdi, "attach")
+
+
+@op("SR.scan")
+def sr_scan(ctx: Ctx, sr):
+    require(ctx.store, "SR", sr)
+    refresh_sr(ctx, sr)
+    return ""
+
+
+def seeded_vdi(ctx: Ctx, sr: str, rng: random.Random, fields: dict, density: float) -> str:
+    """Inventory helper: a VDI with deterministic non-zero content."""
+    return new_vdi(ctx, sr, fields, SeededContent(rng.getrandbits(48), fields["virtual_size"], density))

@@ -1,0 +1,112 @@
+"""One simulated pool: its database, sessions, disks, hosts and knobs."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from .datamodel import NULL_REF
+from .disks import Content, OverlayContent
+from .errors import XapiError
+from .faults import FaultRegistry
+from .settings import SimSettings
+from .store import Store
+from .tasks import Tasks, now
+from .throttle import Throttle
+
+
+@dataclass
+class HostEndpoint:
+    ref: str
+    address: str      # what host.address says (a loopback IP, like a real host's IP)
+    port: int = 0     # every host of a pool listens on the same port, as real ones do on 443
+    throttle: Throttle | None = None
+
+
+class SimPool:
+    def __init__(self, name: str, username: str, password: str, settings: SimSettings,
+                 faults: FaultRegistry, scratch_dir: str):
+        self.name = name
+        self.username = username
+        self.password = password
+        self.settings = settings
+        self.faults = faults
+        self.scratch_dir = scratch_dir
+        self.store = Store()
+        self.disks: dict[str, Content] = {}
+        self.hosts: dict[str, HostEndpoint] = {}
+        self.master_ref = NULL_REF
+        self.tasks: Tasks | None = None
+        self._session_seen: dict[str, float] = {}
+
+    # -- topology -------------------------------------------------------------
+    def add_host_endpoint(self, ref: str, address: str) -> None:
+        self.hosts[ref] = HostEndpoint(ref, address, throttle=Throttle(self.settings.host_bandwidth))
+
+    def set_master(self, ref: str) -> None:
+        self.master_ref = ref
+        self.tasks = Tasks(self.store, ref)
+
+    @property
+    def master(self) -> HostEndpoint:
+        return self.hosts[self.master_ref]
+
+    def base_url(self, host_ref: str | None = None) -> str:
+        host = self.hosts[host_ref or self.master_ref]
+        return f"http://{host.address}:{host.port}"
+
+    # -- sessions -------------------------------------------------------------
+    def login(self, username: str, password: str, originator: str = "") -> str:
+        if username != self.username or password != self.password:
+            raise XapiError("SESSION_AUTHENTICATION_FAILED", username,
+                            "Authentication failure")
+        ref = self.store.create("session", {
+            "this_host": self.master_ref, "this_user": NULL_REF, "last_active": now(),
+            "pool": False, "auth_user_name": username, "originator": originator,
+            "is_local_superuser": True, "validation_time": now(), "parent": NULL_REF,
+        })
+        self._session_seen[ref] = time.monotonic()
+        return ref
+
+    def check_session(self, ref) -> str:
+        if not isinstance(ref, str) or not self.store.exists("session", ref):
+            raise XapiError("SESSION_INVALID", ref)
+        ttl = self.settings.session_ttl_s
+        if ttl and time.monotonic() - self._session_seen.get(ref, 0) > ttl:
+            self.logout(ref)
+            raise XapiError("SESSION_INVALID", ref)
+        self._session_seen[ref] = time.monotonic()
+        return ref
+
+    def logout(self, ref: str) -> None:
+        self._session_seen.pop(ref, None)
+        if self.store.exists("session", ref):
+            self.store.destroy("session", ref)
+
+    def expire_sessions(self) -> int:
+        refs = self.store.refs("session")
+        for ref in refs:
+            self.logout(ref)
+        return len(refs)
+
+    # -- disks ----------------------------------------------------------------
+    def content(self, vdi_ref: str) -> Content:
+        try:
+            return self.disks[vdi_ref]
+        except KeyError:
+            raise XapiError("HANDLE_INVALID", "VDI", vdi_ref) from None
+
+    def guest_write(self, vdi_ref: str, offset: int, data: bytes) -> None:
+        """What a running guest does to its disk: only this VDI changes, not its snapshots."""
+        with self.store.lock:
+            current = self.content(vdi_ref)
+            overlay = OverlayContent(current)
+            overlay.write(offset, data)
+            self.disks[vdi_ref] = overlay
+
+    def sr_visible_from(self, sr_ref: str, host_ref: str) -> bool:
+        return any(self.store.get("PBD", pbd, "host") == host_ref and self.store.get("PBD", pbd, "currently_attached")
+                   for pbd in self.store.get("SR", sr_ref, "PBDs"))
+
+    def slow_op(self, task_ref: str | None) -> None:
+        """The configured latency of a slow storage/VM operation."""
+        self.tasks.sleep(task_ref, self.settings.latency_s, 0.0, 0.9)

@@ -1,0 +1,117 @@
+"""The simulator process: every host of every pool on its own loopback endpoint.
+
+Each pool listens on one port; its master on 127.0.0.1 and its members on
+127.0.<pool>.<host> (all of 127/8 is loopback on Linux), so ``host.address``
+is a bare IP exactly like a real host's and a client that follows
+``HOST_IS_SLAVE [address]`` keeps its scheme and port, as it would on 443.
+"""
+from __future__ import annotations
+
+import errno
+import shutil
+import socket
+import tempfile
+import threading
+from http.server import ThreadingHTTPServer
+
+from .control import ControlHandler, pool_state
+from .faults import FaultRegistry
+from .http_host import HostHandler
+from .inventory import populate
+from .pool import SimPool
+from .settings import SimSettings
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 256
+
+
+class HostServer(_Server):
+    def __init__(self, address, pool: SimPool, host_ref: str):
+        self.pool, self.host_ref = pool, host_ref
+        super().__init__(address, HostHandler)
+
+
+class ControlServer(_Server):
+    def __init__(self, address, sim: "Simulator"):
+        self.sim = sim
+        super().__init__(address, ControlHandler)
+
+
+class Simulator:
+    def __init__(self, pools: int = 2, vms_per_pool: int = 8, hosts_per_pool: int = 2, seed: int = 1,
+                 disk_mib: int = 64, port: int = 0, settings: SimSettings | None = None):
+        if not (1 <= pools <= 250 and 1 <= hosts_per_pool <= 250 and vms_per_pool >= 0 and disk_mib >= 1):
+            raise ValueError("need 1-250 pools, 1-250 hosts per pool, >= 0 VMs and a disk of >= 1 MiB")
+        self.settings = settings or SimSettings()
+        self.faults = FaultRegistry()
+        self.scratch = tempfile.mkdtemp(prefix="tinabs-sim-")
+        self.pools: dict[str, SimPool] = {}
+        self._servers: list[_Server] = []
+        self._base_port = port
+        for k in range(pools):
+            name = f"pool-{chr(ord('a') + k)}" if k < 26 else f"pool-{k + 1}"
+            pool = SimPool(name, "root", f"sim-{name}-{seed}", self.settings, self.faults, self.scratch)
+            addresses = ["127.0.0.1"] + [f"127.0.{k + 1}.{j + 1}" for j in range(1, hosts_per_pool)]
+            populate(pool, k, hosts_per_pool, vms_per_pool, seed, disk_mib, addresses)
+            self.pools[name] = pool
+
+    def start(self) -> dict:
+        control_port = self._base_port
+        self.control = self._bind(ControlServer, ("127.0.0.1", control_port), self)
+        for k, pool in enumerate(self.pools.values()):
+            self._serve_pool(pool, self._base_port + k + 1 if self._base_port else 0)
+        for server in self._servers:
+            threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
+        return self.ready_info()
+
+    def _serve_pool(self, pool: SimPool, port: int) -> None:
+        for _attempt in range(20):
+            bound = [self._bind(HostServer, (pool.master.address, port), pool, pool.master_ref)]
+            chosen = bound[0].server_address[1]
+            try:
+                for ref, host in pool.hosts.items():
+                    if ref != pool.master_ref:
+                        bound.append(self._bind(HostServer, (host.address, chosen), pool, ref))
+            except OSError as exc:
+                for server in bound:
+                    server.server_close()
+                if port or exc.errno != errno.EADDRINUSE:
+                    raise
+                continue
+            for host in pool.hosts.values():
+                host.port = chosen
+            self._servers.extend(bound)
+            return
+        raise OSError(f"no free port for pool {pool.name}")
+
+    def _bind(self, cls, address, *args):
+        server = cls(address, *args)
+        if cls is ControlServer:
+            self._servers.append(server)
+        return server
+
+    def ready_info(self) -> dict:
+        return {
+            "pools": [{"name": p.name, "master": p.base_url(),
+                       "members": [p.base_url(ref) for ref in p.hosts if ref != p.master_ref],
+                       "username": p.username, "password": p.password} for p in self.pools.values()],
+            "control": "http://127.0.0.1:%d" % self.control.server_address[1],
+        }
+
+    def state(self) -> dict:
+        return {"pools": {name: pool_state(pool) for name, pool in self.pools.items()}}
+
+    def stop(self) -> None:
+        for server in self._servers:
+            server.shutdown()
+            server.server_close()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
