@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import socket
 import urllib.parse
 from http.server import BaseHTTPRequestHandler
 
@@ -26,8 +27,19 @@ log = logging.getLogger("tinabs.sim.control")
 class ControlHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
+    def setup(self):
+        super().setup()
+        # head and body are two writes: without TCP_NODELAY the body waits ~40 ms
+        # for the client's delayed ACK
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def log_message(self, fmt, *args):
         log.debug(fmt, *args)
+
+    def send_error(self, code, message=None, explain=None):
+        # http.server's own errors (501 for PUT, 400 for a bad request line) answer JSON too
+        self.close_connection = True
+        self._json(code, {"error": message or self.responses.get(code, ("error",))[0]})
 
     @property
     def sim(self):
@@ -130,7 +142,8 @@ class ControlHandler(BaseHTTPRequestHandler):
         pool, ref = self._find_vdi(uuid)
         if pool is None:
             return self._json(404, {"error": f"no VDI with uuid {uuid}"})
-        if not isinstance(body, dict) or not isinstance(body.get("offset"), int) or not isinstance(body.get("hex"), str):
+        # type() rather than isinstance(): JSON true is a Python int too
+        if not isinstance(body, dict) or type(body.get("offset")) is not int or not isinstance(body.get("hex"), str):
             raise FaultSpecError('a write is {"offset": int, "hex": "..."}')
         try:
             data = bytes.fromhex(body["hex"])
@@ -143,5 +156,6 @@ class ControlHandler(BaseHTTPRequestHandler):
 
 
 def pool_state(pool) -> dict:
-    return {cls: {ref: wire.to_json(rec) for ref, rec in pool.store.all_records(cls).items()}
-            for cls in datamodel.CLASSES}
+    with pool.store.lock:  # one moment for all classes: no VBD of a VM read a class earlier
+        return {cls: {ref: wire.to_json(rec) for ref, rec in pool.store.all_records(cls).items()}
+                for cls in datamodel.CLASSES}

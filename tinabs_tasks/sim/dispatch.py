@@ -8,6 +8,7 @@ pool member every call answers ``HOST_IS_SLAVE [master address]``.
 """
 from __future__ import annotations
 
+import copy
 import logging
 
 from . import accessors, datamodel, wire
@@ -78,7 +79,8 @@ def _fill_defaults(m, msg: str, method: str, args: list, received: int) -> list:
     required = [p for p in expected if p not in defaults]
     if received < len(required) or received > len(expected):
         raise XapiError("MESSAGE_PARAMETER_COUNT_MISMATCH", method, len(required), received)
-    return list(args) + [defaults[p] for p in expected[len(args):]]
+    # deep copies: a default such as ignore_vdis=[] lives in the cached datamodel and must never be shared
+    return list(args) + [copy.deepcopy(defaults[p]) for p in expected[len(args):]]
 
 
 def _execute(ctx: Ctx, cls: str, msg: str, args: list):

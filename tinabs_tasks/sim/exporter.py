@@ -45,6 +45,6 @@ def stream_xva(pool, vm: str, write, *, task: str | None) -> int:
 
 
 def metadata_tar(pool, vm: str, *, snapshots: bool, excluded: set[str]) -> bytes:
-    found = ovaxml.collect(pool.store, vm, snapshots=snapshots, excluded=excluded)
+    found = ovaxml.collect(pool.store, vm, snapshots=snapshots, excluded=excluded, cd_images=True)
     header, _ = ovaxml.build(pool, found, preserve_power_state=True)
     return b"".join(member("ova.xml", header)) + END_OF_ARCHIVE

@@ -82,6 +82,9 @@ class Import:
         sizes = {o["id"]: int(o["snapshot"]["virtual_size"]) for o in header["objects"] if o["class"] == "VDI"}
         written = {eid: 0 for eid in sizes}
         last_no = {eid: -1 for eid in sizes}
+        # stream_vdi.ml: a gap is (this - last - 1) x the length of the disk's *first*
+        # chunk; the current chunk may be the short last one of an odd-sized disk.
+        first_len: dict[str, int] = {}
         while (entry := reader.next()) is not None:
             name, size = entry
             eid, _, number = name.partition("/")
@@ -98,8 +101,9 @@ class Import:
             no = int(number)
             if no <= last_no[eid]:
                 raise ValueError(f"chunk {name} out of order")
-            first_len = min(len(data), 1 << 20) or (1 << 20)
-            offset = written[eid] + (no - last_no[eid] - 1) * first_len
+            if data and eid not in first_len:
+                first_len[eid] = len(data)
+            offset = written[eid] + (no - last_no[eid] - 1) * first_len.get(eid, 1 << 20)
             if offset + len(data) > sizes[eid]:
                 raise ValueError(f"chunk {name} goes past the end of the disk")
             if data:

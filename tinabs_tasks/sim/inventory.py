@@ -53,11 +53,12 @@ def populate(pool, index: int, hosts: int, vms: int, seed: int, disk_mib: int, a
     for name in TEMPLATES:
         _vm(pool, rng, name, template=True)
     names = _vm_names(rng, vms)
+    tags = _tag_plan(len(names), index)
     for i, name in enumerate(names):
         host_i = i % hosts
         sys_sr = local[host_i] if i % 3 == 2 else nfs
         data_srs = [nfs, local[host_i]]
-        ref = _vm(pool, rng, name, tags=_tags(i), affinity=host_refs[host_i])
+        ref = _vm(pool, rng, name, tags=tags[i], affinity=host_refs[host_i])
         _disks(ctx, rng, ref, name, sys_sr, data_srs, disk_mib, isos if i % 4 == 1 else None)
         _vifs(pool, rng, ref, nets)
         if i % 4 == 3:
@@ -73,15 +74,22 @@ def _vm_names(rng: random.Random, count: int) -> list[str]:
     return names
 
 
-def _tags(i: int) -> list[str]:
-    if i % 5 == 4:
-        return []
-    tags = [WEEKDAYS[i % 7]]
-    if i % 6 == 0:
-        tags.append(WEEKDAYS[(i + 3) % 7])
-    if i % 3 == 0:
-        tags.append("prod")
-    return tags
+def _tag_plan(count: int, pool_index: int) -> list[list[str]]:
+    """Every 5th VM untagged; the others take the weekdays in turn (offset per pool), so
+    seven tagged VMs cover the week and a nightly run always finds work."""
+    plan, day = [], pool_index
+    for i in range(count):
+        if i % 5 == 4:
+            plan.append([])
+            continue
+        tags = [WEEKDAYS[day % 7]]
+        day += 1
+        if i % 6 == 0:
+            tags.append(WEEKDAYS[(day + 2) % 7])
+        if i % 3 == 0:
+            tags.append("prod")
+        plan.append(tags)
+    return plan
 
 
 def _host(pool, name: str, address: str) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -13,30 +14,58 @@ from .settings import SimSettings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pools", type=int, default=2, help="number of pools (default 2)")
-    parser.add_argument("--vms-per-pool", type=int, default=8, help="VMs per pool (default 8)")
-    parser.add_argument("--hosts-per-pool", type=int, default=2, help="hosts per pool (default 2)")
+    parser.add_argument("--pools", type=_count(1, 250), default=2, help="number of pools (default 2)")
+    parser.add_argument("--vms-per-pool", type=_count(0, 10000), default=8, help="VMs per pool (default 8)")
+    parser.add_argument("--hosts-per-pool", type=_count(1, 250), default=2, help="hosts per pool (default 2)")
     parser.add_argument("--seed", type=int, default=1, help="inventory seed (default 1)")
-    parser.add_argument("--disk-mib", type=int, default=64, help="system disk size in MiB (default 64)")
-    parser.add_argument("--port", type=int, default=0,
+    parser.add_argument("--disk-mib", type=_count(1, 1 << 20), default=64, help="system disk size in MiB (default 64)")
+    parser.add_argument("--port", type=_count(0, 65535), default=0,
                         help="control API port; pool k listens on PORT+k (default: free ports)")
-    parser.add_argument("--latency", type=float, default=0.0, metavar="SECONDS",
+    parser.add_argument("--latency", type=_non_negative, default=0.0, metavar="SECONDS",
                         help="duration of each slow operation: snapshot, clone, copy, create (default 0)")
-    parser.add_argument("--host-bandwidth-mbps", type=float, default=0.0, metavar="MB_PER_S",
+    parser.add_argument("--host-bandwidth-mbps", type=_non_negative, default=0.0, metavar="MB_PER_S",
                         help="per-host export bandwidth cap in MB/s (default: none)")
-    parser.add_argument("--copy-bandwidth-mbps", type=float, default=0.0, metavar="MB_PER_S",
+    parser.add_argument("--copy-bandwidth-mbps", type=_non_negative, default=0.0, metavar="MB_PER_S",
                         help="VDI.copy speed in MB/s (default: instant)")
-    parser.add_argument("--export-keepalive", type=float, default=5.0, metavar="SECONDS",
+    parser.add_argument("--export-keepalive", type=_non_negative, default=5.0, metavar="SECONDS",
                         help="empty keep-alive chunk after this long without export output (default 5, as xapi)")
-    parser.add_argument("--session-ttl", type=float, default=0.0, metavar="SECONDS",
+    parser.add_argument("--session-ttl", type=_non_negative, default=0.0, metavar="SECONDS",
                         help="expire sessions idle this long (default: never)")
     parser.add_argument("--write-config", metavar="FILE", help="write a tinabs config for these pools")
     parser.add_argument("--dest", metavar="DIR", help="backup destination written into --write-config")
 
 
+# argparse turns ArgumentTypeError into "argument --pools: ..." and exit 2: the
+# user learns which option is wrong, before anything is started.
+def _count(low: int, high: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {value}")
+        return value
+    return parse
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     if bool(args.write_config) != bool(args.dest):
         print("tinabs sim: --write-config and --dest go together", file=sys.stderr)
+        return 2
+    if args.port and args.port + args.pools > 65535:
+        print(f"tinabs sim: --port {args.port} leaves no room for {args.pools} pools (pool k uses PORT+k)",
+              file=sys.stderr)
         return 2
     settings = SimSettings(latency_s=args.latency, host_bandwidth=args.host_bandwidth_mbps * 1e6,
                            copy_bandwidth=args.copy_bandwidth_mbps * 1e6,
@@ -49,7 +78,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"tinabs sim: {exc}", file=sys.stderr)
         return 2
     if args.write_config:
-        write_config(args.write_config, args.dest, info)
+        try:
+            write_config(args.write_config, args.dest, info)
+        except OSError as exc:
+            sim.stop()
+            print(f"tinabs sim: cannot write --write-config {args.write_config}: {exc}", file=sys.stderr)
+            return 2
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -67,6 +101,7 @@ def write_config(path: str, dest: str, info: dict) -> None:
     for pool in info["pools"]:
         secret = os.path.join(secrets, f"{pool['name']}.password")
         fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # the mode of os.open applies only to a new file
         with os.fdopen(fd, "w") as fh:
             fh.write(pool["password"] + "\n")
         lines += [f"[pools.{json.dumps(pool['name'])}]", f"master = {json.dumps(pool['master'])}",

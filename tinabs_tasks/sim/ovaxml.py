@@ -19,8 +19,9 @@ def _next_id() -> str:
         return f"Ref:{next(_ids)}"
 
 
-def collect(store, vm: str, *, snapshots: bool, excluded: set[str] = frozenset()) -> dict[str, list[str]]:
-    """Refs by class that an export of ``vm`` contains."""
+def collect(store, vm: str, *, snapshots: bool, excluded: set[str] = frozenset(),
+            cd_images: bool = False) -> dict[str, list[str]]:
+    """Refs by class that an export of ``vm`` contains (``cd_images``: metadata only)."""
     vms = [vm] + (store.get("VM", vm, "snapshots") if snapshots else [])
     found = {cls: [] for cls in _ORDER}
     found["VM"] = vms
@@ -28,7 +29,11 @@ def collect(store, vm: str, *, snapshots: bool, excluded: set[str] = frozenset()
         for vbd in ([] if "vbd" in excluded else store.get("VM", v, "VBDs")):
             found["VBD"].append(vbd)
             vdi = store.get("VBD", vbd, "VDI")
-            if vdi != NULL_REF and store.get("SR", store.get("VDI", vdi, "SR"), "content_type") != "iso":
+            # xapi streams only the disks of non-CD VBDs outside ISO SRs (export.ml): a full
+            # export leaves a CD's image out, whatever SR it is on (it imports as an empty
+            # drive); a metadata export keeps it so /import_metadata can re-link it.
+            if vdi != NULL_REF and (cd_images or store.get("VBD", vbd, "type") != "CD") \
+                    and store.get("SR", store.get("VDI", vdi, "SR"), "content_type") != "iso":
                 _add(found["VDI"], vdi)
                 _add(found["SR"], store.get("VDI", vdi, "SR"))
         for vif in ([] if "vif" in excluded else store.get("VM", v, "VIFs")):
@@ -72,7 +77,8 @@ def _export_record(store, cls: str, ref: str, preserve_power_state: bool) -> dic
         if not preserve_power_state:
             rec.update(power_state="Halted", is_a_snapshot=False, snapshot_of=NULL_REF, snapshots=[],
                        snapshot_time=EPOCH, parent=NULL_REF)
-        rec.update(consoles=[], crash_dumps=[], blobs=[], protection_policy=NULL_REF)
+        # blobs is a (string -> blob ref) map: an empty struct, not an empty array
+        rec.update(consoles=[], crash_dumps=[], blobs={}, protection_policy=NULL_REF)
     elif cls in ("VBD", "VIF"):
         rec["currently_attached"] = False
     elif cls == "SR":

@@ -8,10 +8,14 @@ is a bare IP exactly like a real host's and a client that follows
 from __future__ import annotations
 
 import errno
+import fcntl
 import shutil
 import socket
+import struct
 import tempfile
+import termios
 import threading
+import time
 from http.server import ThreadingHTTPServer
 
 from .control import ControlHandler, pool_state
@@ -33,6 +37,30 @@ class HostServer(_Server):
         self.pool, self.host_ref = pool, host_ref
         super().__init__(address, HostHandler)
 
+    def shutdown_request(self, request):
+        _drain_before_reset(request)
+        super().shutdown_request(request)
+
+
+def _drain_before_reset(sock, timeout: float = 10.0) -> None:
+    """Let a cut connection (SO_LINGER 0: close sends RST) deliver what was written first.
+
+    A drop fault promises the client exactly N bytes, but a RST makes the
+    kernel discard whatever it has not sent yet, so wait for the send queue.
+    """
+    try:
+        onoff, linger = struct.unpack("ii", sock.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8))
+        if not onoff or linger:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            unsent = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+            if unsent == 0:
+                return
+            time.sleep(0.005)
+    except OSError:
+        return
+
 
 class ControlServer(_Server):
     def __init__(self, address, sim: "Simulator"):
@@ -51,18 +79,26 @@ class Simulator:
         self.pools: dict[str, SimPool] = {}
         self._servers: list[_Server] = []
         self._base_port = port
+        latency, self.settings.latency_s = self.settings.latency_s, 0.0  # building the inventory is not a call
         for k in range(pools):
             name = f"pool-{chr(ord('a') + k)}" if k < 26 else f"pool-{k + 1}"
             pool = SimPool(name, "root", f"sim-{name}-{seed}", self.settings, self.faults, self.scratch)
             addresses = ["127.0.0.1"] + [f"127.0.{k + 1}.{j + 1}" for j in range(1, hosts_per_pool)]
             populate(pool, k, hosts_per_pool, vms_per_pool, seed, disk_mib, addresses)
             self.pools[name] = pool
+        self.settings.latency_s = latency
 
     def start(self) -> dict:
-        control_port = self._base_port
-        self.control = self._bind(ControlServer, ("127.0.0.1", control_port), self)
-        for k, pool in enumerate(self.pools.values()):
-            self._serve_pool(pool, self._base_port + k + 1 if self._base_port else 0)
+        try:
+            self.control = self._bind(ControlServer, ("127.0.0.1", self._base_port), self)
+            for k, pool in enumerate(self.pools.values()):
+                self._serve_pool(pool, self._base_port + k + 1 if self._base_port else 0)
+        except BaseException:
+            # nothing serves yet, so stop() (which waits for serve_forever) cannot clean up
+            for server in self._servers:
+                server.server_close()
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            raise
         for server in self._servers:
             threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
         return self.ready_info()
@@ -88,7 +124,10 @@ class Simulator:
         raise OSError(f"no free port for pool {pool.name}")
 
     def _bind(self, cls, address, *args):
-        server = cls(address, *args)
+        try:
+            server = cls(address, *args)
+        except OSError as exc:  # say which address; keep errno for _serve_pool's retry
+            raise OSError(exc.errno, f"cannot listen on {address[0]}:{address[1]}: {exc.strerror}") from None
         if cls is ControlServer:
             self._servers.append(server)
         return server
@@ -105,8 +144,13 @@ class Simulator:
         return {"pools": {name: pool_state(pool) for name, pool in self.pools.items()}}
 
     def stop(self) -> None:
+        # shutdown() waits up to a poll interval: stop every server at once, not one after another
+        stoppers = [threading.Thread(target=server.shutdown) for server in self._servers]
+        for thread in stoppers:
+            thread.start()
+        for thread in stoppers:
+            thread.join()
         for server in self._servers:
-            server.shutdown()
             server.server_close()
         shutil.rmtree(self.scratch, ignore_errors=True)
 

@@ -146,6 +146,21 @@ def vdi_destroy(ctx: Ctx, self):
     return ""
 
 
+def _name_setter(field: str):
+    """VDI.set_name_label/description: custom setters (the fields are RO/constructor, xapi tells the SM)."""
+    def setter(ctx: Ctx, self, value):
+        _source(ctx, self)
+        if not isinstance(value, str):
+            raise XapiError("FIELD_TYPE_ERROR", "value")
+        ctx.store.set("VDI", self, field, value)
+        return ""
+    return setter
+
+
+op("VDI.set_name_label")(_name_setter("name_label"))
+op("VDI.set_name_description")(_name_setter("name_description"))
+
+
 def assert_attachable(ctx: Ctx, vdi: str, mode: str) -> None:
     """A RW attach needs a writable VDI that no running VM already has RW (unless sharable)."""
     rec = _source(ctx, vdi)

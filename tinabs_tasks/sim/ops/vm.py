@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import uuid as uuidlib
 
-from ..datamodel import NULL_REF
+from .. import wire
+from ..datamodel import EPOCH, NULL_REF, model
 from ..errors import XapiError, bad_power_state
 from ..tasks import now
 from . import Ctx, devices, op, storage
@@ -100,11 +101,13 @@ def _copy_record(rec: dict, name: str, *, regenerate_mac_seed: bool) -> dict:
     fields = {k: v for k, v in rec.items() if k not in ("uuid", "VBDs", "VIFs", "snapshots", "children",
                                                           "allowed_operations")}
     fields.update(_RESET_ON_COPY)
-    fields.update(_RUNTIME, name_label=name,
+    fields.update(_RUNTIME, name_label=name, is_default_template=False, requires_reboot=False,
                   generation_id=f"{uuidlib.uuid4().int % 2**63}:{uuidlib.uuid4().int % 2**63}")
     other = {k: v for k, v in rec["other_config"].items() if k not in ("default_template", "xensource_internal")}
     if regenerate_mac_seed:
         other["mac_seed"] = str(uuidlib.uuid4())
+    if rec["is_a_template"]:  # a copy remembers which template it came from
+        other.setdefault("base_template_name", rec["name_label"])
     fields["other_config"] = other
     return fields
 
@@ -130,7 +133,8 @@ def snapshot(ctx: Ctx, vm, new_name, ignore_vdis=()):
     ctx.pool.slow_op(ctx.task)
     fields = _copy_record(rec, str(new_name), regenerate_mac_seed=False)
     fields.update(is_a_snapshot=True, is_a_template=True, snapshot_of=vm, snapshot_time=now(),
-                  parent=rec["parent"])
+                  parent=rec["parent"], snapshot_info={"disk-snapshot-type": "crash_consistent",
+                                                       "power-state-at-snapshot": rec["power_state"]})
     with ctx.store.lock:
         snap = ctx.store.create("VM", fields)
         _copy_devices(ctx, rec, snap, lambda vdi: storage.snapshot_vdi(ctx, vdi), keep_macs=True,
@@ -162,7 +166,9 @@ def _clone_or_copy(ctx: Ctx, vm: str, rec: dict, name: str, operation: str, disk
     assert_not_busy(ctx, vm)
     ctx.pool.slow_op(ctx.task)
     fields = _copy_record(rec, name, regenerate_mac_seed=True)
-    fields.update(is_a_snapshot=False, snapshot_of=NULL_REF, parent=NULL_REF, is_control_domain=False)
+    # A clone of a snapshot is no snapshot: it loses the snapshot's time and info (copy_vm_record).
+    fields.update(is_a_snapshot=False, snapshot_of=NULL_REF, parent=NULL_REF, is_control_domain=False,
+                  snapshot_time=EPOCH, snapshot_info={})
     with ctx.store.lock:
         new = ctx.store.create("VM", fields)
         _copy_devices(ctx, rec, new, disk_op, keep_macs=False)
@@ -181,6 +187,8 @@ def start(ctx: Ctx, vm, start_paused, force):
             storage.assert_attachable(ctx, v["VDI"], v["mode"])
     host = rec["affinity"] if ctx.store.exists("host", rec["affinity"]) else ctx.pool.master_ref
     with ctx.store.lock:
+        if rec["ha_restart_priority"] == "restart":  # xapi_vm.ml start: a protected VM is now always-run
+            ctx.store.set("VM", vm, "ha_always_run", True)
         ctx.store.update("VM", vm, power_state="Paused" if start_paused else "Running", resident_on=host,
                          domid=max([ctx.store.get("VM", r, "domid") for r in ctx.store.refs("VM")] + [0]) + 1)
         _set_attached(ctx, rec, True)
@@ -199,7 +207,7 @@ def _shutdown(ctx: Ctx, vm) -> str:
     rec = vm_record(ctx, vm)
     assert_power(ctx, vm, ["Running", "Paused"])
     with ctx.store.lock:
-        ctx.store.update("VM", vm, **_RUNTIME)
+        ctx.store.update("VM", vm, ha_always_run=False, **_RUNTIME)  # a shut-down VM is no longer HA-run
         _set_attached(ctx, rec, False)
         refresh_allowed(ctx, vm)
     return ""
@@ -212,11 +220,39 @@ op("VM.shutdown")(_shutdown)
 
 @op("VM.set_ha_restart_priority")
 def set_ha_restart_priority(ctx: Ctx, self, value):
-    vm_record(ctx, self)
+    rec = vm_record(ctx, self)
     if value not in HA_PRIORITIES:
         raise XapiError("INVALID_VALUE", "ha_restart_priority", value)
-    ctx.store.set("VM", self, "ha_restart_priority", value)
+    if value != rec["ha_restart_priority"]:
+        with ctx.store.lock:
+            ctx.store.set("VM", self, "ha_restart_priority", value)
+            # xapi_vm.ml: a running VM is (un)protected at once via ha_always_run
+            if rec["power_state"] == "Running":
+                ctx.store.set("VM", self, "ha_always_run", value == "restart")
     return ""
+
+
+@op("VM.set_ha_always_run")
+def set_ha_always_run(ctx: Ctx, self, value):
+    # Deprecated since boston; xapi degrades it to a restart-priority change.
+    value = wire.coerce(model("VM").ftype("ha_always_run"), value, "value")
+    return set_ha_restart_priority(ctx, self, "restart" if value else "")
+
+
+def _nonnegative_setter(field: str):
+    """VM.set_order/set_start_delay/set_shutdown_delay: custom setters of RO/constructor ints."""
+    def setter(ctx: Ctx, self, value):
+        vm_record(ctx, self)
+        value = wire.coerce(model("VM").ftype(field), value, "value")
+        if value < 0:  # xapi_vm.ml invalid_value
+            raise XapiError("INVALID_VALUE", f"{field} must be non-negative", value)
+        ctx.store.set("VM", self, field, value)
+        return ""
+    return setter
+
+
+for _field in ("order", "start_delay", "shutdown_delay"):
+    op(f"VM.set_{_field}")(_nonnegative_setter(_field))
 
 
 @op("VM.get_allowed_VBD_devices")
