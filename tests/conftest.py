@@ -1,6 +1,7 @@
 import pytest
 
 from helpers.redis_proc import RedisNotFound, RedisProc, find_redis_server
+from helpers.deployment import Deployment
 from helpers.sim_proc import SimProc
 
 
@@ -44,3 +45,21 @@ def fresh_sim():
     yield start
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture(scope="module")
+def deployment(redis_server, tmp_path_factory, request):
+    """Simulator (2 pools x 6 VMs) + private Redis + 2 real worker processes, for one test module.
+
+    A module may set ``DEPLOYMENT_SIM_ARGS`` / ``DEPLOYMENT_WORKERS`` to change the shape.
+    """
+    sim_args = getattr(request.module, "DEPLOYMENT_SIM_ARGS",
+                       ("--pools", "2", "--vms-per-pool", "6", "--disk-mib", "8"))
+    db = abs(hash(request.module.__name__)) % 15 + 1  # a Redis DB per module: no cross-talk
+    dep = Deployment(tmp_path_factory.mktemp("deploy"), redis_server, sim_args, db=db)
+    try:
+        for i in range(getattr(request.module, "DEPLOYMENT_WORKERS", 2)):
+            dep.start_worker(f"w{i + 1}")
+        yield dep
+    finally:
+        dep.stop()

@@ -1,23 +1,45 @@
-"""The ``tinabs`` command."""
+"""The ``tinabs`` command: parses arguments, runs one subcommand, turns user mistakes into
+one clear line (exit 2) instead of a traceback."""
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import sys
+
+#: subcommand -> (module, help)
+COMMANDS = {
+    "sim": ("tinabs_tasks.sim.main", "run the XAPI simulator in the foreground"),
+    "check-config": ("tinabs_tasks.commands.check_config", "validate the config against the pools"),
+    "backup": ("tinabs_tasks.commands.backup", "back up VMs (by tag, name or all)"),
+    "status": ("tinabs_tasks.commands.status", "show a job's progress and result"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinabs", description="Skeleton backups of XenServer / XCP-ng VMs.")
+    parser.add_argument("--config", help="config file (default: $TINABS_CONFIG or /etc/tinabs/tinabs.toml)")
     commands = parser.add_subparsers(dest="command", required=True)
-    from .sim import main as sim_main
-    sim = commands.add_parser("sim", help="run the XAPI simulator in the foreground")
-    sim_main.add_arguments(sim)
-    sim.set_defaults(run=sim_main.run)
+    for name, (module, help_text) in COMMANDS.items():
+        mod = importlib.import_module(module)
+        sub = commands.add_parser(name, help=help_text)
+        mod.add_arguments(sub)
+        sub.set_defaults(run=mod.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    if args.config:
+        os.environ["TINABS_CONFIG"] = args.config  # the Celery app reads it when first imported
+    from .commands.common import UserError, fail
+    from .config import ConfigError
+    try:
+        return args.run(args)
+    except (UserError, ConfigError) as exc:
+        return fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

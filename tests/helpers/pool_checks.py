@@ -1,0 +1,35 @@
+"""Assertions about what tinabs left on the simulated pools."""
+from __future__ import annotations
+
+RUN = "tinabs:run"
+
+
+def tinabs_objects(state: dict) -> dict[str, list[tuple[str, str, dict]]]:
+    """(pool, class) -> objects carrying a tinabs marker or name."""
+    found: dict[str, list] = {}
+    for pool, classes in state["pools"].items():
+        for cls, objects in classes.items():
+            for ref, rec in objects.items():
+                marked = RUN in (rec.get("other_config") or {})
+                named = str(rec.get("name_label", "")).startswith("[tinabs]")
+                if marked or named:
+                    found.setdefault(cls, []).append((pool, ref, rec))
+    return found
+
+
+def litter(state: dict) -> dict[str, list]:
+    """tinabs objects that should not exist: anything but kept sr-copy VDIs."""
+    out = {}
+    for cls, objects in tinabs_objects(state).items():
+        bad = [o for o in objects
+               if not (cls == "VDI" and o[2]["other_config"].get("tinabs:role") == "system-copy"
+                       and o[2]["other_config"].get("tinabs:keep") == "true")]
+        if bad:
+            out[cls] = [(pool, rec.get("name_label")) for pool, _, rec in bad]
+    return out
+
+
+def backupable_vms(state: dict, pool: str) -> list[dict]:
+    return [r for r in state["pools"][pool]["VM"].values()
+            if not (r["is_a_template"] or r["is_a_snapshot"] or r["is_control_domain"])
+            and not r["name_label"].startswith("[tinabs]")]

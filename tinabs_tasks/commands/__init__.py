@@ -1,0 +1,1 @@
+"""One module per `tinabs` subcommand; each exposes add_arguments(parser) and run(args)."""

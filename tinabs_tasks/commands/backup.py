@@ -1,0 +1,100 @@
+"""`tinabs backup (--tag T | --vm NAME | --all) [--pool P] [--mode M] [--wait] [--json]`.
+
+The producer only talks to the broker: it records the job, sends one `plan`
+task per pool (to that pool's queue), and with --wait follows the job's state
+until every VM's backup has ended.  Exit status 0 only when all succeeded.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from ..config import MODES
+from .common import UserError, job_store, load_config
+from .status import render, summary
+
+NO_WORKER_HINT_S = 30
+
+
+def add_arguments(parser) -> None:
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--tag", help="back up the VMs carrying this tag (e.g. Mon)")
+    which.add_argument("--vm", help="back up the VM with this name or uuid")
+    which.add_argument("--all", action="store_true", help="back up every VM")
+    parser.add_argument("--pool", action="append", help="only this pool (repeatable; default: all)")
+    parser.add_argument("--mode", choices=MODES, help="export (.xva) or sr-copy (default: the config's)")
+    parser.add_argument("--wait", action="store_true", help="follow progress until every VM is done")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--timeout", type=float, default=0, help="with --wait: give up after this many seconds")
+
+
+def run(args) -> int:
+    cfg = load_config(args)
+    pools = args.pool or sorted(cfg.pools)
+    for name in pools:
+        if name not in cfg.pools:
+            raise UserError(f"unknown pool `{name}`; configured pools: {', '.join(sorted(cfg.pools))}")
+    selector = {"tag": args.tag} if args.tag else {"vm": args.vm} if args.vm else {"all": True}
+    mode = args.mode or cfg.default_mode
+    store = job_store(cfg)
+    from ..tasks import plan  # loads the Celery app (needs only the broker)
+    job_id = store.create_job(selector, mode, pools)
+    for name in pools:
+        plan.apply_async((job_id, name, selector, mode), queue=cfg.pool(name).queue)
+    if not args.wait:
+        print(json.dumps({"job": job_id}) if args.json else f"job {job_id} queued; `tinabs status {job_id}`")
+        return 0
+    if not args.json:
+        print(f"job {job_id}: backing up {', '.join(f'{k}={v}' for k, v in selector.items())} "
+              f"on {', '.join(pools)} ({mode})", flush=True)
+    job = follow(store, job_id, quiet=args.json, timeout=args.timeout)
+    if args.json:
+        print(json.dumps(job, indent=2, default=str))
+    else:
+        print("\n" + render(job))
+    if not job["done"]:
+        print(f"tinabs: gave up waiting after {args.timeout:.0f}s; the job goes on (`tinabs status {job_id}`)",
+              file=sys.stderr)
+        return 1
+    if not job["runs"]:
+        print("tinabs: no VM matched; nothing was backed up", file=sys.stderr)
+        return 3
+    return 0 if job["succeeded"] else 1
+
+
+def follow(store, job_id: str, quiet: bool, timeout: float = 0) -> dict:
+    began = time.monotonic()
+    last_lines: dict[str, str] = {}
+    hinted = False
+    while True:
+        job = store.job(job_id)
+        if not quiet:
+            _print_changes(job, last_lines)
+        if job["done"]:
+            return job
+        elapsed = time.monotonic() - began
+        if timeout and elapsed > timeout:
+            return job
+        if not hinted and elapsed > NO_WORKER_HINT_S and not job["planned"] and not quiet:
+            print("  (no worker has planned this job yet: is `celery -A tinabs_tasks worker` running "
+                  "with access to these pools?)", flush=True)
+            hinted = True
+        time.sleep(0.5)
+
+
+def _print_changes(job: dict, last: dict[str, str]) -> None:
+    """One line per VM whenever its stage/state changes, plus byte progress every few seconds."""
+    now = time.monotonic()
+    for r in job["runs"]:
+        key = f"{r.get('pool')}/{r.get('vm_name')} ({r.get('vm_uuid', '')[:8]})"
+        state_line = f"{r['state']} {r.get('stage', '')}"
+        bytes_due = r["state"] == "running" and r.get("bytes") and now - float(last.get(key + "#t", 0)) > 2
+        if last.get(key) != state_line or bytes_due:
+            detail = ""
+            if r.get("bytes") and r["state"] == "running":
+                detail = f" {int(r['bytes']) / 1e6:.1f} MB at {int(r.get('rate', 0)) / 1e6:.1f} MB/s"
+            if r["state"] in ("failed", "retrying") and r.get("error"):
+                detail = f" — {r['error']}"
+            print(f"  {key:<40} {state_line}{detail}", flush=True)
+            last[key], last[key + "#t"] = state_line, str(now)

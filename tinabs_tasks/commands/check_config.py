@@ -1,0 +1,65 @@
+"""`tinabs check-config`: validate the config and test it against the pools."""
+from __future__ import annotations
+
+import os
+
+from .common import job_store, load_config, UserError
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--offline", action="store_true", help="only check the file, do not contact pools")
+
+
+def run(args) -> int:
+    cfg = load_config(args)
+    print(f"config {cfg.path}: syntax and keys OK ({len(cfg.pools)} pools)")
+    problems = 0
+    if not os.path.isdir(cfg.destination) or not os.access(cfg.destination, os.W_OK):
+        print(f"  destination {cfg.destination}: missing or not writable — create it and give the worker "
+              "user write access")
+        problems += 1
+    else:
+        print(f"  destination {cfg.destination}: writable")
+    if args.offline:
+        return 1 if problems else 0
+    try:
+        job_store(cfg)
+        print("  broker: reachable")
+    except UserError as exc:
+        print(f"  broker: {exc}")
+        problems += 1
+    for pool in cfg.pools.values():
+        problems += check_pool(pool)
+    print("all checks passed" if not problems else f"{problems} problem(s) found")
+    return 1 if problems else 0
+
+
+def check_pool(pool) -> int:
+    from ..config import ConfigError
+    from ..xapi.connect import PoolSession
+    from ..xapi.errors import classify
+    from ..xapi.port import Xapi
+    try:
+        xapi = Xapi(PoolSession(pool))
+    except ConfigError as exc:
+        print(f"  pool `{pool.name}`: {exc}")
+        return 1
+    except Exception as exc:
+        print(f"  pool `{pool.name}`: {classify(exc, pool.name)}")
+        return 1
+    problems = 0
+    print(f"  pool `{pool.name}`: logged in to {xapi.base_url}")
+    for key in ("shared_sr", "backup_sr"):
+        wanted = getattr(pool, key)
+        if not wanted:
+            print(f"    {key}: not set" + (" (sr-copy mode will not work)" if key == "backup_sr" else ""))
+            continue
+        try:
+            sr = xapi.sr_by_name_or_uuid(wanted)
+            print(f"    {key} {wanted!r}: found ({xapi.x.SR.get_type(sr)})")
+        except Exception:
+            names = sorted(r["name_label"] for r in xapi.x.SR.get_all_records().values())
+            print(f"    {key} {wanted!r}: no such SR on this pool (SRs: {', '.join(names)})")
+            problems += 1
+    xapi.session.logout()
+    return problems

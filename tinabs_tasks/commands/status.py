@@ -1,0 +1,69 @@
+"""`tinabs status [JOB] [--json]`: a job's per-VM state, from any host that reaches the broker."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+
+from .common import UserError, human_bytes, job_store, load_config
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("job", nargs="?", help="job id (default: list recent jobs)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def run(args) -> int:
+    store = job_store(load_config(args))
+    if not args.job:
+        jobs = [store.job(j) for j in store.recent_jobs()]
+        jobs = [j for j in jobs if j]
+        if args.json:
+            print(json.dumps([summary(j) for j in jobs], indent=2))
+        else:
+            for j in jobs:
+                s = summary(j)
+                print(f"{j['id']}  {s['created']}  {s['state']:<9} {s['succeeded']}/{s['total']} ok  {s['what']}")
+        return 0
+    job = store.job(args.job)
+    if job is None:
+        raise UserError(f"no job {args.job!r} (jobs are kept for 7 days; `tinabs status` lists recent ones)")
+    if args.json:
+        print(json.dumps(job, indent=2, default=str))
+    else:
+        print(render(job))
+    return 0 if job["succeeded"] or not job["done"] else 1
+
+
+def summary(job: dict) -> dict:
+    runs = job["runs"]
+    ok = sum(r["state"] == "succeeded" for r in runs)
+    state = ("succeeded" if job["succeeded"] else "failed") if job["done"] else "running"
+    created = dt.datetime.fromtimestamp(float(job["created"]), dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    what = ", ".join(f"{k}={v}" for k, v in job["selector"].items())
+    return {"id": job["id"], "created": created, "state": state, "succeeded": ok, "total": len(runs),
+            "what": f"{what} mode={job['mode']} pools={','.join(job['pools'])}"}
+
+
+def render(job: dict) -> str:
+    s = summary(job)
+    lines = [f"job {job['id']}  {s['what']}  {s['state']} ({s['succeeded']}/{s['total']} succeeded)"]
+    header = f"{'POOL':<10} {'VM':<20} {'STATE':<10} {'STAGE':<22} {'BYTES':>10} {'RATE':>11}  DETAIL"
+    lines.append(header)
+    for r in job["runs"]:
+        detail = r.get("error", "") if r["state"] in ("failed", "failing", "retrying") else r.get("path", "")
+        rate = f"{human_bytes(r.get('rate'))}/s" if r.get("rate") and r["state"] == "running" else ""
+        progress = r.get("progress")
+        stage = r.get("stage", "")
+        if progress and r["state"] == "running":
+            stage = f"{stage} {float(progress) * 100:.0f}%"
+        lines.append(f"{r.get('pool', ''):<10} {r.get('vm_name', '')[:20]:<20} {r['state']:<10} {stage[:22]:<22} "
+                     f"{human_bytes(r.get('bytes')) if r.get('bytes') else '':>10} {rate:>11}  {detail}")
+    for note in job["notes"]:
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
+
+
+def print_live(job: dict, stream=sys.stdout) -> None:
+    stream.write(render(job) + "\n")
+    stream.flush()

@@ -1,0 +1,6 @@
+"""Backup stages: plain functions ``(xapi, ctx, report) -> ctx``.
+
+Every stage may run more than once (retries, Redis redelivery, a worker killed
+mid-stage).  Each docstring says what it creates, how it finds what an
+earlier attempt of the same run made (by marker), and how it is undone.
+"""

@@ -1,0 +1,64 @@
+"""Stage 7 and compensation: remove what a run made on the pool, by marker.
+
+``run`` (after success): keeps the sr-copy VDI (marked keep), destroys the
+backup VM and every other VDI of the run.  Compensation (after a failure):
+everything of the run, the sr-copy VDI included, and every file of the run
+in the destination: a failed run leaves nothing, not even a half-made backup.  Both only look at
+markers and names, never at what a task remembers, so they are idempotent
+and safe from any worker, twice in a row, or after a crash.
+"""
+from __future__ import annotations
+
+import glob
+import os
+
+import XenAPI
+
+from .. import destination
+from . import markers
+
+
+def run(xapi, ctx: dict, report) -> dict:
+    x = xapi.x
+    for copy in markers.find(x, "VDI", ctx["run"], markers.Role.SYSTEM_COPY):
+        other = x.VDI.get_other_config(copy)
+        if other.get(markers.KEEP) != "true":
+            x.VDI.set_other_config(copy, {**other, markers.KEEP: "true"})
+    remove_pool_objects(xapi, ctx["run"])
+    return ctx
+
+
+def remove_pool_objects(xapi, run: str, keep_kept: bool = True) -> list[str]:
+    """Destroy the run's VMs (never started) and VDIs (but kept ones, unless told); returns what went."""
+    x = xapi.x
+    removed = []
+    for vm in markers.find(x, "VM", run):
+        if x.VM.get_power_state(vm) != "Halted":
+            x.VM.hard_shutdown(vm)
+        _ignore_gone(x.VM.destroy, vm)
+        removed.append(vm)
+    for vdi in markers.find(x, "VDI", run):
+        rec = x.VDI.get_record(vdi)
+        if keep_kept and rec["other_config"].get(markers.KEEP) == "true":
+            continue
+        _ignore_gone(x.VDI.destroy, vdi)  # VDI.destroy also drops detached VBD records
+        removed.append(vdi)
+    return removed
+
+
+def remove_files(ctx: dict, dest: str) -> list[str]:
+    """Every file of the run: partial, complete and manifest (manifest first: it makes a backup)."""
+    paths = destination.backup_paths(ctx, dest)
+    base = paths["manifest"][: -len(".json")]
+    found = [p for p in (paths["manifest"], paths["data"]) if os.path.exists(p)]
+    found += glob.glob(glob.escape(base) + "*.partial")
+    destination.remove_quietly(*found)
+    return found
+
+
+def _ignore_gone(fn, ref) -> None:
+    try:
+        fn(ref)
+    except XenAPI.Failure as exc:
+        if exc.details[0] != "HANDLE_INVALID":  # already gone: another attempt got there first
+            raise

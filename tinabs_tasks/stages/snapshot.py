@@ -1,0 +1,50 @@
+"""Stage 1: a live snapshot of the VM's system disk (the VDI at userdevice 0).
+
+Creates: one VDI snapshot, marked (role system-snapshot) and named
+``[tinabs] <vm> system snapshot <run>``.
+Earlier attempt: a snapshot of the same system VDI carrying this run's marker
+or name is reused (``VDI.get_snapshots`` of the system disk, cheap).
+Undone by: cleanup / compensation (VDI.destroy by marker or name).
+"""
+from __future__ import annotations
+
+import XenAPI
+
+from ..xapi.port import NULL_REF
+from . import markers
+from .errors import Permanent
+from .skeleton_fields import summary
+
+
+def run(xapi, ctx: dict, report) -> dict:
+    x = xapi.x
+    try:
+        vm = x.VM.get_by_uuid(ctx["vm"]["uuid"])
+    except XenAPI.Failure as exc:
+        raise Permanent(f"pool `{xapi.pool.name}`: VM {ctx['vm']['name']} ({ctx['vm']['uuid']}) no longer "
+                        f"exists ({exc.details[0]})", exc.details[0]) from None
+    rec = x.VM.get_record(vm)
+    if rec["is_a_template"] or rec["is_a_snapshot"] or rec["is_control_domain"]:
+        raise Permanent(f"{ctx['vm']['name']} is a template, snapshot or control domain: not backed up",
+                        "VM_IS_TEMPLATE")
+    system_vbd = system_vdi = None
+    for vbd in rec["VBDs"]:
+        vbd_rec = x.VBD.get_record(vbd)
+        if vbd_rec["userdevice"] == "0" and vbd_rec["type"] == "Disk" and vbd_rec["VDI"] != NULL_REF:
+            system_vbd, system_vdi = vbd, vbd_rec["VDI"]
+    if system_vdi is None:
+        raise Permanent(f"{ctx['vm']['name']} has no system disk at userdevice 0", "NO_SYSTEM_DISK")
+    snap = _earlier_snapshot(x, system_vdi, ctx["run"])
+    if snap is None:
+        snap = xapi.call_async("VDI.snapshot", system_vdi, {}, progress=report.fraction)
+        markers.mark(x, "VDI", snap, ctx, markers.Role.SYSTEM_SNAPSHOT, markers.name(ctx, "system snapshot"))
+    ctx["refs"].update(source_vm=vm, system_vbd=system_vbd, system_vdi=system_vdi, snapshot=snap)
+    ctx["skeleton"] = summary(x, rec)
+    return ctx
+
+
+def _earlier_snapshot(x, system_vdi: str, run: str) -> str | None:
+    for snap in x.VDI.get_snapshots(system_vdi):
+        if markers.is_ours(x.VDI.get_record(snap), run):
+            return snap
+    return None

@@ -1,0 +1,24 @@
+"""Stage 4: the original VM's VIFs, cloned onto the backup VM.
+
+Creates: one VIF per original VIF (device, network, MAC, MTU, QoS, locking).
+Earlier attempt: VIFs already on the backup VM are skipped by device.
+Undone by: VM.destroy (VIF records go with their VM).
+"""
+from __future__ import annotations
+
+
+def run(xapi, ctx: dict, report) -> dict:
+    x = xapi.x
+    backup_vm = ctx["refs"]["backup_vm"]
+    taken = {x.VIF.get_device(vif) for vif in x.VM.get_VIFs(backup_vm)}
+    for vif in x.VM.get_VIFs(ctx["refs"]["source_vm"]):
+        rec = x.VIF.get_record(vif)
+        if rec["device"] in taken:
+            continue
+        x.VIF.create({
+            "device": rec["device"], "network": rec["network"], "VM": backup_vm, "MAC": rec["MAC"],
+            "MTU": str(rec["MTU"]), "other_config": rec["other_config"],
+            "qos_algorithm_type": rec["qos_algorithm_type"], "qos_algorithm_params": rec["qos_algorithm_params"],
+            "locking_mode": rec["locking_mode"], "ipv4_allowed": rec["ipv4_allowed"],
+            "ipv6_allowed": rec["ipv6_allowed"]})
+    return ctx

@@ -1,0 +1,1 @@
+"""The XAPI port: sessions, typed calls, HTTP streaming, error classification."""

@@ -1,0 +1,66 @@
+"""Which XAPI and network failures are worth retrying, and what to tell the user."""
+from __future__ import annotations
+
+import http.client
+import socket
+import ssl
+import xmlrpc.client
+
+import XenAPI
+
+#: retried with backoff: the pool is busy, restarting, or the network blinked
+TRANSIENT_CODES = {
+    "SESSION_INVALID", "OTHER_OPERATION_IN_PROGRESS", "VDI_IN_USE", "TOO_MANY_PENDING_TASKS",
+    "HOST_OFFLINE", "HOST_STILL_BOOTING", "TASK_CANCELLED", "CLIENT_ERROR", "VDI_IO_ERROR",
+    "SR_BACKEND_FAILURE", "EVENTS_LOST", "INTERNAL_ERROR",
+}
+#: what a user should do about a permanent failure
+ADVICE = {
+    "SESSION_AUTHENTICATION_FAILED": "check the pool's username and password_env/password_file",
+    "HANDLE_INVALID": "the object no longer exists (VM deleted or renamed during the backup?)",
+    "UUID_INVALID": "the VM no longer exists; refresh the selection",
+    "VM_IS_TEMPLATE": "templates are not backed up; remove the tag from the template",
+    "SR_FULL": "free space on the SR or point shared_sr/backup_sr at a bigger one",
+    "VM_BAD_POWER_STATE": "the VM is in a state that does not allow this operation",
+    "PERMISSION_DENIED": "the pool user lacks the role needed for backups (pool-admin)",
+    "RBAC_PERMISSION_DENIED": "the pool user lacks the role needed for backups (pool-admin)",
+    "SR_OPERATION_NOT_SUPPORTED": "the SR cannot hold new disks; choose another SR in the config",
+}
+
+
+class StageError(Exception):
+    """A failure classified for the retry policy, with a message fit for `tinabs status`."""
+
+    def __init__(self, message: str, transient: bool, code: str = ""):
+        super().__init__(message)
+        self.transient = transient
+        self.code = code
+
+
+class StreamCut(Exception):
+    """An HTTP stream from the pool ended before its end marker."""
+
+
+def classify(exc: BaseException, pool: str) -> StageError:
+    if isinstance(exc, StageError):
+        return exc
+    if isinstance(exc, XenAPI.Failure):
+        details = [str(d) for d in exc.details] or ["UNKNOWN"]
+        code = details[0]
+        transient = code in TRANSIENT_CODES or code.startswith("SR_BACKEND_FAILURE")
+        text = f"pool `{pool}`: {code}" + (f" {details[1:]}" if len(details) > 1 else "")
+        if code in ADVICE:
+            text += f" — {ADVICE[code]}"
+        return StageError(text, transient, code)
+    if isinstance(exc, StreamCut):
+        return StageError(f"pool `{pool}`: transfer cut short ({exc}); will retry from a clean start", True,
+                          "STREAM_CUT")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return StageError(f"pool `{pool}`: TLS certificate not trusted ({exc.verify_message}) — "
+                          "set ca_bundle for this pool (or verify_tls = false, not recommended)", False, "TLS")
+    if isinstance(exc, (ConnectionError, socket.timeout, TimeoutError, http.client.HTTPException,
+                        xmlrpc.client.ProtocolError, OSError, EOFError)):
+        return StageError(f"pool `{pool}`: cannot reach the pool ({type(exc).__name__}: {exc})", True, "NETWORK")
+    if isinstance(exc, xmlrpc.client.Fault):
+        return StageError(f"pool `{pool}`: XML-RPC fault {exc.faultString}", True, "FAULT")
+    return StageError(f"pool `{pool}`: unexpected {type(exc).__name__}: {exc}", False, "BUG")
