@@ -26,7 +26,7 @@ redis: venv
 test: venv redis
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-demo: venv
+demo: venv redis
 	$(VPY) -m tinabs_tasks.demo
 
 bench: venv

@@ -18,11 +18,14 @@ from . import config as config_mod
 log = logging.getLogger("tinabs")
 DEFAULT_QUEUE = "tinabs"
 VISIBILITY_MARGIN_S = 3600
+#: tasks.backoff() jitters a countdown up to 1.5x backoff_max_s; a task waiting out that
+#: countdown is reserved and unacked all along, so the timeout must cover the whole of it
+RETRY_JITTER_MAX = 1.5
 
 
 def visibility_timeout(cfg: config_mod.Config) -> int:
     longest = max(cfg.limits.export_time_limit_s, cfg.limits.stage_time_limit_s)
-    return int(longest + cfg.retry.backoff_max_s + VISIBILITY_MARGIN_S)
+    return int(longest + cfg.retry.backoff_max_s * RETRY_JITTER_MAX + VISIBILITY_MARGIN_S)
 
 
 def celery_settings(cfg: config_mod.Config) -> dict:
@@ -67,4 +70,13 @@ def make_app(cfg: config_mod.Config | None = None) -> Celery:
     return app
 
 
-app = make_app()
+def _app_or_exit() -> Celery:
+    # `celery -A tinabs_tasks worker` imports this module: without this, a config mistake
+    # shows as Celery's "Unable to load celery application" and a long traceback
+    try:
+        return make_app()
+    except config_mod.ConfigError as exc:
+        raise SystemExit(f"tinabs: config error: {exc}") from None
+
+
+app = _app_or_exit()

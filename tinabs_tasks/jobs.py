@@ -87,11 +87,18 @@ class JobStore:
         if not self.r.hsetnx(keys.run(run_id), "job", fields["job"]):
             return False
         pipe = self.r.pipeline()
-        pipe.hset(keys.run(run_id), mapping={**fields, "state": RunState.QUEUED.value, "stage": "queued",
-                                             "queued": time.time()})
+        pipe.hset(keys.run(run_id), mapping={**fields, "id": run_id, "state": RunState.QUEUED.value,
+                                             "stage": "queued", "queued": time.time()})
         pipe.expire(keys.run(run_id), keys.STATE_TTL_S)
         pipe.execute()
         return True
+
+    def claim_send(self, run_id: str) -> bool:
+        """True exactly once per run: whoever gets it sends the run's chain."""
+        return bool(self.r.hsetnx(keys.run(run_id), "sent", 1))
+
+    def unclaim_send(self, run_id: str) -> None:
+        self.r.hdel(keys.run(run_id), "sent")
 
     def update_run(self, run_id: str, **fields) -> None:
         clean = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in fields.items()

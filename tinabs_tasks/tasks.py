@@ -26,7 +26,7 @@ from .stages import cleanup, copy, disks, export, metadata, plan as plan_stage, 
 from .stages.errors import StageFailed, WaitForSlot
 from .stages.slots import Slots
 from .xapi import connect
-from .xapi.errors import classify
+from .xapi.errors import RELOGIN_CODES, classify
 from .xapi.port import Xapi
 
 CFG = app.tinabs_config
@@ -92,7 +92,7 @@ def run_stage(task, name: str, ctx: dict) -> dict:
 
 def _give_up_or_retry(task, name: str, ctx: dict, exc: BaseException, jobs: JobStore):
     err = classify(exc, ctx["pool"])
-    if err.code in ("NETWORK", "SESSION_INVALID"):
+    if err.code in RELOGIN_CODES:
         connect.forget(ctx["pool"])
     failures = ctx.setdefault("failures", {}).get(name, 0)
     if err.transient and failures < CFG.retry.max_retries:
@@ -100,6 +100,8 @@ def _give_up_or_retry(task, name: str, ctx: dict, exc: BaseException, jobs: JobS
         jobs.update_run(ctx["run"], state=RunState.RETRYING.value, error=str(err), retries=failures + 1)
         return task.retry(args=(ctx,), countdown=backoff(failures), max_retries=None)
     reason = f"{name}: {err}"
+    if err.transient:  # say why a retryable error still failed the run
+        reason += f" (gave up after {failures} retries)"
     jobs.update_run(ctx["run"], state=RunState.FAILING.value, error=reason, failed_stage=name)
     compensate.apply_async((ctx, reason), queue=CFG.pool(ctx["pool"]).queue)
     return StageFailed(reason)
@@ -133,12 +135,15 @@ TASKS = {name: _stage_task(name) for name in CALLS}
 def compensate(self, ctx: dict, reason: str) -> dict:
     """Remove everything of the run (pool objects by marker, partial files), then mark it failed."""
     jobs = _jobs()
+    if jobs.run_state(ctx["run"]) == RunState.SUCCEEDED:
+        # a stray or duplicated compensation must never delete a verified backup and its kept copy
+        return {"run": ctx["run"], "removed": [], "files": [], "skipped": "the run succeeded"}
     try:
         removed = cleanup.remove_pool_objects(_xapi(ctx["pool"]), ctx["run"], keep_kept=False)
         files = cleanup.remove_files(ctx, CFG.destination)
     except Exception as exc:
         err = classify(exc, ctx["pool"])
-        if err.code in ("NETWORK", "SESSION_INVALID"):
+        if err.code in RELOGIN_CODES:
             connect.forget(ctx["pool"])
         attempts = ctx.setdefault("failures", {}).get("compensate", 0)
         if err.transient and attempts < CFG.retry.max_retries * 2:
@@ -186,11 +191,14 @@ def plan(self, job: str, pool: str, selector: dict, mode: str, attempt: int = 0)
         paths = destination.backup_paths(ctx, CFG.destination)
         jobs.create_run(rid, {"job": job, "pool": pool, "vm_uuid": vm["uuid"], "vm_name": vm["name"],
                               "mode": mode, "stamp": stamp, "path": paths["data"]})
-        existing = jobs.run(rid)
-        if not existing.get("sent"):  # a redelivered plan sends only what was not sent
-            ctx["stamp"] = existing["stamp"]
-            build_chain(ctx).apply_async()
-            jobs.update_run(rid, sent=1)
+        # Claimed atomically: two deliveries of this plan never both send a run's chain.
+        if jobs.claim_send(rid):
+            ctx["stamp"] = jobs.run(rid)["stamp"]
+            try:
+                build_chain(ctx).apply_async()
+            except BaseException:
+                jobs.unclaim_send(rid)
+                raise
         runs.append(rid)
     if not vms:
         notes.append(f"pool `{pool}`: no VM matches {plan_stage.describe(selector)}")

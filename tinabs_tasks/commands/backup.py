@@ -30,12 +30,13 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    selector = _selector(args)
     cfg = load_config(args)
-    pools = args.pool or sorted(cfg.pools)
+    # a pool named twice would get two concurrent `plan` tasks racing to send the same chains
+    pools = list(dict.fromkeys(args.pool)) if args.pool else sorted(cfg.pools)
     for name in pools:
         if name not in cfg.pools:
             raise UserError(f"unknown pool `{name}`; configured pools: {', '.join(sorted(cfg.pools))}")
-    selector = {"tag": args.tag} if args.tag else {"vm": args.vm} if args.vm else {"all": True}
     mode = args.mode or cfg.default_mode
     store = job_store(cfg)
     from ..tasks import plan  # loads the Celery app (needs only the broker)
@@ -61,6 +62,17 @@ def run(args) -> int:
         print("tinabs: no VM matched; nothing was backed up", file=sys.stderr)
         return 3
     return 0 if job["succeeded"] else 1
+
+
+def _selector(args) -> dict:
+    """`--tag ""` (say, an unset shell variable) must never widen into "back up everything"."""
+    for key in ("tag", "vm"):
+        value = getattr(args, key)
+        if value is not None:
+            if not value.strip():
+                raise UserError(f"--{key} needs a non-empty value")
+            return {key: value}
+    return {"all": True}
 
 
 def follow(store, job_id: str, quiet: bool, timeout: float = 0) -> dict:

@@ -42,10 +42,10 @@ def check_pool(pool) -> int:
     try:
         xapi = Xapi(PoolSession(pool))
     except ConfigError as exc:
-        print(f"  pool `{pool.name}`: {exc}")
+        print(f"  pool `{pool.name}`: {_unprefixed(exc, pool.name)}")
         return 1
     except Exception as exc:
-        print(f"  pool `{pool.name}`: {classify(exc, pool.name)}")
+        print(f"  pool `{pool.name}`: {_unprefixed(classify(exc, pool.name), pool.name)}")
         return 1
     problems = 0
     print(f"  pool `{pool.name}`: logged in to {xapi.base_url}")
@@ -63,3 +63,10 @@ def check_pool(pool) -> int:
             problems += 1
     xapi.session.logout()
     return problems
+
+
+def _unprefixed(exc: Exception, pool: str) -> str:
+    """The message without its own "pool `x`: " (the line already starts with it)."""
+    text = str(exc)
+    prefix = f"pool `{pool}`: "
+    return text[len(prefix):] if text.startswith(prefix) else text

@@ -29,20 +29,21 @@ def run(xapi, ctx: dict, report) -> dict:
 
 
 def remove_pool_objects(xapi, run: str, keep_kept: bool = True) -> list[str]:
-    """Destroy the run's VMs (never started) and VDIs (but kept ones, unless told); returns what went."""
+    """Destroy the run's VMs (never started) and VDIs (but kept ones, unless told); returns what
+    this call destroyed.  Another compensation may be removing the same objects at the same time
+    (a redelivered duplicate): an object gone at any step counts as removed by the other one."""
     x = xapi.x
     removed = []
     for vm in markers.find(x, "VM", run):
-        if x.VM.get_power_state(vm) != "Halted":
-            x.VM.hard_shutdown(vm)
-        _ignore_gone(x.VM.destroy, vm)
-        removed.append(vm)
-    for vdi in markers.find(x, "VDI", run):
-        rec = x.VDI.get_record(vdi)
+        if _ignore_gone(x.VM.get_power_state, vm) not in ("Halted", _GONE):
+            _ignore_gone(x.VM.hard_shutdown, vm)
+        if _ignore_gone(x.VM.destroy, vm) is not _GONE:
+            removed.append(vm)
+    for vdi, rec in markers.find_records(x, "VDI", run).items():
         if keep_kept and rec["other_config"].get(markers.KEEP) == "true":
             continue
-        _ignore_gone(x.VDI.destroy, vdi)  # VDI.destroy also drops detached VBD records
-        removed.append(vdi)
+        if _ignore_gone(x.VDI.destroy, vdi) is not _GONE:  # VDI.destroy also drops detached VBD records
+            removed.append(vdi)
     return removed
 
 
@@ -56,9 +57,14 @@ def remove_files(ctx: dict, dest: str) -> list[str]:
     return found
 
 
-def _ignore_gone(fn, ref) -> None:
+_GONE = object()
+
+
+def _ignore_gone(fn, ref):
+    """``fn(ref)``, or _GONE when the object no longer exists (another attempt got there first)."""
     try:
-        fn(ref)
+        return fn(ref)
     except XenAPI.Failure as exc:
-        if exc.details[0] != "HANDLE_INVALID":  # already gone: another attempt got there first
+        if exc.details[0] != "HANDLE_INVALID":
             raise
+        return _GONE

@@ -3,7 +3,9 @@
 Creates: ``<stamp>.xva`` and its manifest ``<stamp>.json`` (written last).
 The body streams into ``<stamp>.xva.partial`` with a large buffer, hashed
 (sha256) on the fly, fsynced and renamed; a transfer cut short raises
-StreamCut and the partial file is removed, so a retry starts clean.
+StreamCut and the partial file is removed, so a retry starts clean.  When the
+pool fails the transfer itself (HTTP 500/404, or a cut), the XAPI task's
+error_info is the reason that gets classified, not the HTTP status.
 Earlier attempt: a manifest for this run means the export is done.
 Holds a pool slot and the run's lease, so a redelivered duplicate never writes
 the same file concurrently.
@@ -11,14 +13,21 @@ Undone by: compensation removes the partial or unmanifested file.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
 import os
 import time
 
+import XenAPI
+
 from .. import destination
 from ..xapi import http as xhttp
-from ..xapi.errors import StreamCut
+from ..xapi.errors import DestinationError, StreamCut
 from . import manifest
+
+#: how a failed HTTP transfer shows on our side; the pool's own reason is in the task
+TRANSFER_ERRORS = (http.client.HTTPException, StreamCut, ConnectionError, TimeoutError)
 
 
 def run(xapi, ctx: dict, report, slots, dest: str) -> dict:
@@ -37,19 +46,22 @@ def run(xapi, ctx: dict, report, slots, dest: str) -> dict:
 
 def download(xapi, handler: str, query: dict, paths: dict, report, beat, expect_tar_end: bool = True):
     """GET ``handler`` into ``paths['data']`` atomically; returns (size, sha256)."""
-    os.makedirs(paths["dir"], exist_ok=True)
     partial = paths["data"] + ".partial"
-    task = xapi.x.task.create(f"tinabs {handler} {os.path.basename(paths['data'])}", "")
+    with _local(paths["dir"]):
+        os.makedirs(paths["dir"], exist_ok=True)
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
     digest = hashlib.sha256()
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    task = None
     try:
+        task = xapi.x.task.create(f"tinabs {handler} {os.path.basename(paths['data'])}", "")
         conn, resp = xhttp.open_get(xapi.base_url, handler,
                                     {**query, "session_id": xapi.handle, "task_id": task},
                                     xapi.session.context)
         try:
             def sink(chunk):
                 digest.update(chunk)
-                _write_all(fd, chunk)
+                with _local(partial):
+                    _write_all(fd, chunk)
                 if beat.lost.is_set():
                     raise StreamCut("lost the export lease (Redis unreachable?)")
 
@@ -57,20 +69,47 @@ def download(xapi, handler: str, query: dict, paths: dict, report, beat, expect_
         finally:
             conn.close()
         xapi.wait_task(task, timeout_s=60)
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.replace(partial, paths["data"])
-        destination.fsync_dir(paths["dir"])
+        with _local(partial):
+            os.fsync(fd)
+            os.close(fd)
+            fd = -1
+            os.replace(partial, paths["data"])
+            destination.fsync_dir(paths["dir"])
         report.bytes(size, size, force=True)
         return size, digest.hexdigest()
-    except BaseException:
+    except BaseException as exc:
         if fd >= 0:
             os.close(fd)
         destination.remove_quietly(partial)
+        reason = _pool_reason(xapi, task) if task and isinstance(exc, TRANSFER_ERRORS) else None
+        if reason:
+            raise XenAPI.Failure(reason) from exc
         raise
     finally:
-        xapi._destroy_task(task)
+        if task:
+            xapi._destroy_task(task)
+
+
+@contextlib.contextmanager
+def _local(path: str):
+    """Local file trouble (disk full, permissions) is ours, not the pool's: say so plainly."""
+    try:
+        yield
+    except OSError as exc:
+        raise DestinationError(f"destination {path}: {exc.strerror or exc} — check free space and "
+                               "that the worker may write there") from None
+
+
+def _pool_reason(xapi, task: str) -> list[str] | None:
+    """The XAPI error behind a failed transfer, or None when the transfer error says more."""
+    error = xapi.task_error(task)
+    if not error or error[0] == "CLIENT_ERROR":
+        return None  # CLIENT_ERROR only echoes the cut connection: StreamCut/HTTP error is clearer
+    if error[0] == "SESSION_AUTHENTICATION_FAILED":
+        # the handler refused a session handle that XML-RPC accepted a moment ago (it expired):
+        # log in again and retry, rather than blame the configured password
+        return ["SESSION_INVALID", *error[1:]]
+    return error
 
 
 def _write_all(fd: int, chunk) -> None:

@@ -53,12 +53,18 @@ def is_ours(record: dict, run: str) -> bool:
 
 def find(x, cls: str, run: str, role: str | None = None) -> list[str]:
     """Refs of ``cls`` objects of this run (optionally of one role), by marker or name."""
-    found = []
+    return list(find_records(x, cls, run, role))
+
+
+def find_records(x, cls: str, run: str, role: str | None = None) -> dict[str, dict]:
+    """Like ``find``, with the records read in the same call: re-reading one may fail
+    with HANDLE_INVALID when another worker removed it meanwhile."""
+    found = {}
     for ref, rec in getattr(x, cls).get_all_records().items():
         if not is_ours(rec, run):
             continue
         if role is None or rec.get("other_config", {}).get(ROLE) == role:
-            found.append(ref)
+            found[ref] = rec
     return found
 
 

@@ -1,21 +1,26 @@
 """The per-pool export/copy slot plus the run's single-writer lease, held together.
 
-Entering waits for nothing: if the pool is at its limit, or another worker
-holds this run's lease (a redelivered duplicate), WaitForSlot is raised and
-the task comes back shortly.  While held, a heartbeat renews both leases; a
+If the pool is at its limit, entering waits a little (a slot often frees
+within a second) and then raises WaitForSlot, so the task comes back later
+instead of holding a worker that other pools' work could use.  If another
+worker holds this run's lease (a redelivered duplicate), WaitForSlot at once.  While held, a heartbeat renews both leases; a
 worker that dies stops renewing and both expire.
 """
 from __future__ import annotations
 
 import contextlib
+import time
 
 from ..limits import Heartbeat, Lease, PoolSemaphore
 from .errors import WaitForSlot
 
 
+SLOT_POLL_S = 0.05
+
+
 class Slots:
-    def __init__(self, redis, pool: str, limit: int, lease_s: float):
-        self.redis, self.pool, self.limit, self.lease_s = redis, pool, limit, lease_s
+    def __init__(self, redis, pool: str, limit: int, lease_s: float, wait_s: float = 2.0):
+        self.redis, self.pool, self.limit, self.lease_s, self.wait_s = redis, pool, limit, lease_s, wait_s
 
     @contextlib.contextmanager
     def hold(self, run: str, what: str):
@@ -25,7 +30,7 @@ class Slots:
         sem = PoolSemaphore(self.redis, self.pool, self.limit, self.lease_s)
         token = f"{what}:{run}"
         try:
-            if not sem.try_acquire(token):
+            if not self._acquire(sem, token):
                 raise WaitForSlot(f"pool {self.pool} is at its limit of {self.limit} concurrent transfers")
             try:
                 with Heartbeat([lease.renew, lambda: sem.renew(token)], self.lease_s / 4) as beat:
@@ -34,3 +39,11 @@ class Slots:
                 sem.release(token)
         finally:
             lease.release()
+
+    def _acquire(self, sem, token: str) -> bool:
+        deadline = time.monotonic() + self.wait_s
+        while not sem.try_acquire(token):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(SLOT_POLL_S)
+        return True

@@ -4,9 +4,13 @@ Creates: one VDI snapshot, marked (role system-snapshot) and named
 ``[tinabs] <vm> system snapshot <run>``.
 Earlier attempt: a snapshot of the same system VDI carrying this run's marker
 or name is reused (``VDI.get_snapshots`` of the system disk, cheap).
-Undone by: cleanup / compensation (VDI.destroy by marker or name).
+Undone by: cleanup / compensation (VDI.destroy by marker or name).  Until
+marked, a new snapshot carries only the system disk's own name, so one that
+cannot be marked is destroyed on the spot: nothing could find it later.
 """
 from __future__ import annotations
+
+import logging
 
 import XenAPI
 
@@ -14,6 +18,8 @@ from ..xapi.port import NULL_REF
 from . import markers
 from .errors import Permanent
 from .skeleton_fields import summary
+
+log = logging.getLogger("tinabs")
 
 
 def run(xapi, ctx: dict, report) -> dict:
@@ -37,7 +43,7 @@ def run(xapi, ctx: dict, report) -> dict:
     snap = _earlier_snapshot(x, system_vdi, ctx["run"])
     if snap is None:
         snap = xapi.call_async("VDI.snapshot", system_vdi, {}, progress=report.fraction)
-        markers.mark(x, "VDI", snap, ctx, markers.Role.SYSTEM_SNAPSHOT, markers.name(ctx, "system snapshot"))
+        _mark_or_destroy(x, snap, ctx)
     ctx["refs"].update(source_vm=vm, system_vbd=system_vbd, system_vdi=system_vdi, snapshot=snap)
     ctx["skeleton"] = summary(x, rec)
     return ctx
@@ -48,3 +54,15 @@ def _earlier_snapshot(x, system_vdi: str, run: str) -> str | None:
         if markers.is_ours(x.VDI.get_record(snap), run):
             return snap
     return None
+
+
+def _mark_or_destroy(x, snap: str, ctx: dict) -> None:
+    try:
+        markers.mark(x, "VDI", snap, ctx, markers.Role.SYSTEM_SNAPSHOT, markers.name(ctx, "system snapshot"))
+    except BaseException:
+        try:
+            x.VDI.destroy(snap)
+        except Exception as exc:  # the original failure is the one to report and classify
+            log.warning("run %s: could not remove unmarked snapshot %s of %s: %s", ctx["run"], snap,
+                        ctx["vm"]["name"], exc)
+        raise

@@ -13,7 +13,10 @@ TRANSIENT_CODES = {
     "SESSION_INVALID", "OTHER_OPERATION_IN_PROGRESS", "VDI_IN_USE", "TOO_MANY_PENDING_TASKS",
     "HOST_OFFLINE", "HOST_STILL_BOOTING", "TASK_CANCELLED", "CLIENT_ERROR", "VDI_IO_ERROR",
     "SR_BACKEND_FAILURE", "EVENTS_LOST", "INTERNAL_ERROR",
+    "HOST_IS_SLAVE",  # the master moved (failover): log in again through the new master
 }
+#: codes after which the cached session must be dropped and a new login made
+RELOGIN_CODES = {"NETWORK", "SESSION_INVALID", "HOST_IS_SLAVE"}
 #: what a user should do about a permanent failure
 ADVICE = {
     "SESSION_AUTHENTICATION_FAILED": "check the pool's username and password_env/password_file",
@@ -41,9 +44,18 @@ class StreamCut(Exception):
     """An HTTP stream from the pool ended before its end marker."""
 
 
+class DestinationError(Exception):
+    """Writing the backup file failed on our side (disk full, permissions): not the pool's fault."""
+
+
 def classify(exc: BaseException, pool: str) -> StageError:
+    from ..config import ConfigError
     if isinstance(exc, StageError):
         return exc
+    if isinstance(exc, ConfigError):
+        return StageError(f"worker config: {exc}", False, "CONFIG")
+    if isinstance(exc, DestinationError):
+        return StageError(str(exc), False, "DESTINATION")
     if isinstance(exc, XenAPI.Failure):
         details = [str(d) for d in exc.details] or ["UNKNOWN"]
         code = details[0]
@@ -53,7 +65,7 @@ def classify(exc: BaseException, pool: str) -> StageError:
             text += f" — {ADVICE[code]}"
         return StageError(text, transient, code)
     if isinstance(exc, StreamCut):
-        return StageError(f"pool `{pool}`: transfer cut short ({exc}); will retry from a clean start", True,
+        return StageError(f"pool `{pool}`: transfer cut short ({exc}); the partial file was removed", True,
                           "STREAM_CUT")
     if isinstance(exc, ssl.SSLCertVerificationError):
         return StageError(f"pool `{pool}`: TLS certificate not trusted ({exc.verify_message}) — "

@@ -7,11 +7,14 @@ end marker raises StreamCut so the stage retries from a clean start.
 from __future__ import annotations
 
 import http.client
+import queue
+import threading
 import urllib.parse
 
 from .errors import StreamCut
 
 BUFFER = 4 << 20
+RING = 4
 MAX_REDIRECTS = 3
 TAR_END = bytes(1024)
 
@@ -41,23 +44,54 @@ def open_get(base_url: str, path: str, query: dict, context, timeout: float = 30
 
 
 def stream_to(resp, sink, progress=None, expect_tar_end: bool = True) -> int:
-    """Copy the body into ``sink(memoryview)``; returns bytes; StreamCut if incomplete."""
-    buf = bytearray(BUFFER)
-    view = memoryview(buf)
+    """Copy the body into ``sink(memoryview)``; returns bytes; StreamCut if incomplete.
+
+    Reading the socket and the sink's work (hashing, writing the file) overlap
+    on two threads through a small ring of large buffers: all three release
+    the GIL, so a transfer costs about the slower of them, not their sum.
+    The sink sees the chunks in order, from one thread.
+    """
+    ring = [bytearray(BUFFER) for _ in range(RING)]
+    free: queue.Queue = queue.Queue()
+    full: queue.Queue = queue.Queue()
+    for i in range(RING):
+        free.put(i)
+    failure: list[BaseException] = []
+
+    def consume():
+        while (item := full.get()) is not None:
+            index, n = item
+            try:
+                if not failure:
+                    sink(memoryview(ring[index])[:n])
+            except BaseException as exc:  # handed to the reading thread, which raises it
+                failure.append(exc)
+            free.put(index)
+
+    worker = threading.Thread(target=consume, name="tinabs-stream-sink", daemon=True)
+    worker.start()
     total, tail = 0, b""
     length = resp.getheader("Content-Length")
-    while True:
-        try:
-            n = resp.readinto(buf)
-        except (http.client.IncompleteRead, ConnectionError, TimeoutError) as exc:
-            raise StreamCut(f"after {total} bytes: {type(exc).__name__}") from None
-        if not n:
-            break
-        sink(view[:n])
-        total += n
-        tail = (tail + bytes(view[max(0, n - 1024):n]))[-1024:]
-        if progress:
-            progress(total)
+    try:
+        while not failure:
+            index = free.get()
+            try:
+                n = resp.readinto(ring[index])
+            except (http.client.IncompleteRead, ConnectionError, TimeoutError) as exc:
+                raise StreamCut(f"after {total} bytes: {type(exc).__name__}") from None
+            if not n:
+                free.put(index)
+                break
+            tail = (tail + bytes(memoryview(ring[index])[max(0, n - len(TAR_END)):n]))[-len(TAR_END):]
+            full.put((index, n))
+            total += n
+            if progress:
+                progress(total)
+    finally:
+        full.put(None)
+        worker.join()
+    if failure:
+        raise failure[0]
     if length is not None and int(length) != total:
         raise StreamCut(f"got {total} of {length} bytes")
     if expect_tar_end and tail != TAR_END:
