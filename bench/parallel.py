@@ -34,8 +34,9 @@ POOLS, VMS, HOSTS = 4, 8, 2
 LATENCY_S = float(os.environ.get("BENCH_LATENCY_S", "0.3"))
 BANDWIDTH_MBPS = float(os.environ.get("BENCH_BANDWIDTH_MBPS", "40"))
 DISK_MIB = int(os.environ.get("BENCH_DISK_MIB", "64"))
-WORKERS, CONCURRENCY = 4, 2
-LIMIT = 2
+WORKERS = 4
+CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "4"))  # I/O-bound tasks: more slots than cores
+LIMIT = int(os.environ.get("BENCH_LIMIT", "2"))
 
 SEQUENTIAL = r"""
 import json, sys, time
@@ -47,6 +48,18 @@ from tinabs_tasks.stages import cleanup, disks, export, plan, skeleton, snapshot
 from tinabs_tasks.stages.slots import Slots
 from tinabs_tasks.xapi.connect import PoolSession
 from tinabs_tasks.xapi.port import Xapi
+
+
+def export_host(xapi, vm):
+    # The host that streams a VM's export: the one owning its system disk's local SR, else the master.
+    x = xapi.x
+    ref = x.VM.get_by_uuid(vm["uuid"])
+    for vbd in x.VM.get_VBDs(ref):
+        if x.VBD.get_userdevice(vbd) == "0":
+            sr = x.VDI.get_SR(x.VBD.get_VDI(vbd))
+            if not x.SR.get_shared(sr):
+                return x.PBD.get_host(x.SR.get_PBDs(sr)[0])
+    return x.pool.get_master(x.pool.get_all()[0])
 
 cfg = config_mod.load()
 jobs = JobStore(client(cfg.broker_url))
@@ -72,18 +85,6 @@ for name, pool in sorted(cfg.pools.items()):
         out.append({"pool": name, "vm": vm["uuid"], "times": times, "export_host": export_host(xapi, vm)})
 print(json.dumps(out))
 """
-SEQUENTIAL = """
-def export_host(xapi, vm):
-    # The host that streams a VM's export: the one owning its system disk's local SR, else the master.
-    x = xapi.x
-    ref = x.VM.get_by_uuid(vm["uuid"])
-    for vbd in x.VM.get_VBDs(ref):
-        if x.VBD.get_userdevice(vbd) == "0":
-            sr = x.VDI.get_SR(x.VBD.get_VDI(vbd))
-            if not x.SR.get_shared(sr):
-                return x.PBD.get_host(x.SR.get_PBDs(sr)[0])
-    return x.pool.get_master(x.pool.get_all()[0])
-""" + SEQUENTIAL
 
 
 def redis_binary() -> str:
@@ -124,13 +125,44 @@ def ideal_makespan(records: list[dict]) -> tuple[float, dict]:
     for r in records:
         exports_by_pool[r["pool"]] += r["times"]["export"]
         exports_by_host[(r["pool"], r["export_host"])] += r["times"]["export"]
+    # No export can start before some VM has done its first four stages, and the last one
+    # is followed by a cleanup: both frame the pool and host bounds.
+    before = min(sum(v for k, v in r["times"].items() if k not in ("export", "cleanup")) for r in records)
+    after = min(r["times"]["cleanup"] for r in records)
     bounds = {
         "vm_chain": per_vm,
-        "pool_limit": max(v / LIMIT for v in exports_by_pool.values()),
-        "host_bandwidth": max(exports_by_host.values()),
+        "pool_limit": before + max(v / LIMIT for v in exports_by_pool.values()) + after,
+        "host_bandwidth": before + max(exports_by_host.values()) + after,
         "worker_slots": sum(sum(r["times"].values()) for r in records) / (WORKERS * CONCURRENCY),
     }
     return max(bounds.values()), bounds
+
+
+def cpu_busy_s() -> float:
+    """Seconds of CPU the whole machine spent busy (all cores), from /proc/stat."""
+    with open("/proc/stat") as fh:
+        fields = [float(x) for x in fh.readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (float(fields[11]) + float(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def diagnose(job: dict) -> None:
+    """Where the parallel run's time went, per run: stage work vs everything else."""
+    t0 = min(float(r["queued"]) for r in job["runs"])
+    for r in sorted(job["runs"], key=lambda r: float(r["finished"])):
+        timings = json.loads(r["timings"]) if isinstance(r["timings"], str) else r["timings"]
+        work = sum(timings.values())
+        span = float(r["finished"]) - float(r["queued"])
+        print(f"  {r['pool']} {r['vm_name']:<10} queued+{float(r['queued']) - t0:5.1f}s "
+              f"done+{float(r['finished']) - t0:5.1f}s work {work:4.1f}s span {span:4.1f}s "
+              f"retries {r.get('retries', 0)} " + " ".join(f"{k}={v:.2f}" for k, v in timings.items()))
 
 
 def main() -> None:
@@ -147,8 +179,9 @@ def main() -> None:
                      "--dest", os.path.join(root, "dest")], stdout=subprocess.PIPE, text=True)
         procs.append(sim)
         sim.stdout.readline()
-        with open(config, "a") as fh:
-            fh.write("\n[limits]\nlease_s = 30\n")
+        text = open(config).read().replace("max_concurrent_exports = 2", f"max_concurrent_exports = {LIMIT}")
+        with open(config, "w") as fh:
+            fh.write(text + "\n[limits]\nlease_s = 30\n")
         env = {**os.environ, "TINABS_CONFIG": config, "TINABS_BROKER_URL": f"redis://127.0.0.1:{port}/0"}
         os.makedirs(os.path.join(root, "dest"), exist_ok=True)
 
@@ -163,22 +196,31 @@ def main() -> None:
                                 str(CONCURRENCY), "-n", f"bench{i}@%h", "--without-mingle", "--without-gossip"],
                                env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT))
             wait_ready(log, procs[-1])
+        cpu_before, sim_before = cpu_busy_s(), process_cpu_s(sim.pid)
         began = time.perf_counter()
         done = subprocess.run([sys.executable, "-m", "tinabs_tasks.cli", "backup", "--all", "--wait", "--json"],
                               env=env, capture_output=True, text=True)
         parallel_s = time.perf_counter() - began
+        cpu_used = cpu_busy_s() - cpu_before
+        sim_used = process_cpu_s(sim.pid) - sim_before
         job = json.loads(done.stdout)
         if done.returncode != 0:
             sys.exit(f"parallel: the job failed:\n{done.stderr}\n{[r.get('error') for r in job['runs']]}")
+        makespan_s = max(float(r["finished"]) for r in job["runs"]) - float(job["created"])
         ideal, bounds = ideal_makespan(seq)
+        if os.environ.get("BENCH_DIAG"):
+            diagnose(job)
         print(f"vms: {len(seq)}")
         print(f"sequential_s: {sequential_s:.1f}")
-        print(f"parallel_s: {parallel_s:.1f}")
+        print(f"parallel_cli_s: {parallel_s:.1f}")
+        print(f"parallel_makespan_s: {makespan_s:.1f}")
         print(f"speedup_vs_sequential: {sequential_s / parallel_s:.1f}")
         for name, value in bounds.items():
             print(f"bound_{name}_s: {value:.1f}")
         print(f"ideal_s: {ideal:.1f}")
-        print(f"efficiency_vs_ideal: {ideal / parallel_s:.2f}")
+        print(f"efficiency_vs_ideal: {ideal / makespan_s:.2f}")
+        print(f"parallel_cpu_utilisation: {cpu_used / (parallel_s * os.cpu_count()):.2f}")
+        print(f"simulator_cpu_share: {sim_used / parallel_s:.2f}")
     finally:
         for proc in reversed(procs):
             proc.send_signal(signal.SIGTERM)
@@ -187,7 +229,10 @@ def main() -> None:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        shutil.rmtree(root, ignore_errors=True)
+        if os.environ.get("BENCH_KEEP"):
+            print(f"kept: {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -31,10 +31,10 @@ DISK_MIB = int(os.environ.get("BENCH_DISK_MIB", "2048"))
 BLOCK = 1 << 20
 
 
-def start_sim() -> tuple[subprocess.Popen, dict]:
+def start_sim(extra: list[str] | None = None) -> tuple[subprocess.Popen, dict]:
     proc = subprocess.Popen([sys.executable, "-m", "tinabs_tasks.cli", "sim", "--pools", "1",
-                             "--vms-per-pool", "1", "--hosts-per-pool", "1", "--disk-mib", str(DISK_MIB)],
-                            stdout=subprocess.PIPE, text=True)
+                             "--vms-per-pool", "1", "--hosts-per-pool", "1", "--disk-mib", str(DISK_MIB),
+                             *(extra or [])], stdout=subprocess.PIPE, text=True)
     return proc, json.loads(proc.stdout.readline())
 
 

@@ -34,7 +34,10 @@ def celery_settings(cfg: config_mod.Config) -> dict:
     return {
         "broker_url": cfg.broker_url,
         "result_backend": cfg.result_backend,
-        "broker_transport_options": {"visibility_timeout": vt},
+        # Ten priority levels (0 first): later stages outrank earlier ones, so workers finish
+        # chains they started before starting new ones, and exports begin early instead of
+        # all at the end (see tasks.STAGE_PRIORITY).
+        "broker_transport_options": {"visibility_timeout": vt, "priority_steps": list(range(10))},
         "result_backend_transport_options": {"visibility_timeout": vt},
         "visibility_timeout": vt,
         "task_acks_late": True,

@@ -36,6 +36,11 @@ def semaphore(pool: str) -> str:
     return f"{PREFIX}:sem:{pool}"
 
 
+def semaphore_wake(pool: str) -> str:
+    """List a released slot pushes to, so a waiting export starts at once."""
+    return f"{PREFIX}:sem:{pool}:wake"
+
+
 def lease(name: str) -> str:
     """A single-holder lease (e.g. the export of one run), value = holder token."""
     return f"{PREFIX}:lease:{name}"

@@ -49,6 +49,7 @@ return 0
 class PoolSemaphore:
     def __init__(self, redis, pool: str, limit: int, lease_s: float):
         self.r, self.key, self.limit, self.lease_s = redis, keys.semaphore(pool), limit, lease_s
+        self.wake_key = keys.semaphore_wake(pool)
         self._acquire = redis.register_script(_ACQUIRE)
         self._renew = redis.register_script(_RENEW)
 
@@ -60,7 +61,17 @@ class PoolSemaphore:
         return bool(self._renew(keys=[self.key], args=[token, time.time() + self.lease_s]))
 
     def release(self, token: str) -> None:
-        self.r.zrem(self.key, token)
+        """Free the slot and wake one waiter at once (a waiter polls too, so a lost wake-up
+        only costs it one poll interval)."""
+        pipe = self.r.pipeline()
+        pipe.zrem(self.key, token)
+        pipe.rpush(self.wake_key, 1)
+        pipe.ltrim(self.wake_key, -self.limit, -1)
+        pipe.expire(self.wake_key, 60)
+        pipe.execute()
+
+    def wait_for_release(self, timeout_s: float) -> None:
+        self.r.blpop([self.wake_key], timeout=max(0.01, timeout_s))
 
     def holders(self) -> int:
         self.r.zremrangebyscore(self.key, "-inf", time.time())

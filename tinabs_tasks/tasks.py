@@ -34,7 +34,7 @@ STAGES = {
     "export": ("snapshot", "skeleton", "disks", "vifs", "export", "cleanup"),
     "sr-copy": ("snapshot", "skeleton", "disks", "vifs", "copy", "metadata", "cleanup"),
 }
-SLOT_WAIT_S = (0.5, 2.0)
+SLOT_WAIT_S = (0.2, 0.5)  # come back soon: a transfer slot frees often, and waiting holds no worker
 
 
 def _jobs() -> JobStore:
@@ -67,6 +67,9 @@ CALLS = {
     "cleanup": cleanup.run,
 }
 LONG_STAGES = {"export", "copy", "metadata"}
+#: Redis priority per task (0 is served first): depth-first through each chain
+STAGE_PRIORITY = {"plan": 0, "compensate": 0, "cleanup": 1, "metadata": 2, "export": 2, "copy": 3, "vifs": 4,
+                  "disks": 5, "skeleton": 6, "snapshot": 7}
 
 
 def run_stage(task, name: str, ctx: dict) -> dict:
@@ -118,7 +121,8 @@ def _stage_task(name: str):
 
     stage_task.__name__ = stage_task.__qualname__ = f"{name}_task"
     return app.task(name=f"tinabs.{name}", bind=True, acks_late=True, max_retries=None,
-                    time_limit=limit, soft_time_limit=max(1, limit - 30))(stage_task)
+                    priority=STAGE_PRIORITY[name], time_limit=limit,
+                    soft_time_limit=max(1, limit - 30))(stage_task)
 
 
 def _result_fields(ctx: dict) -> dict:
@@ -130,7 +134,7 @@ def _result_fields(ctx: dict) -> dict:
 TASKS = {name: _stage_task(name) for name in CALLS}
 
 
-@app.task(name="tinabs.compensate", bind=True, acks_late=True, max_retries=None,
+@app.task(name="tinabs.compensate", bind=True, acks_late=True, max_retries=None, priority=0,
           time_limit=CFG.limits.stage_time_limit_s)
 def compensate(self, ctx: dict, reason: str) -> dict:
     """Remove everything of the run (pool objects by marker, partial files), then mark it failed."""
@@ -167,7 +171,7 @@ def run_id(job: str, pool: str, vm_uuid: str) -> str:
     return hashlib.sha1(f"{job}:{pool}:{vm_uuid}".encode()).hexdigest()[:12]
 
 
-@app.task(name="tinabs.plan", bind=True, acks_late=True, max_retries=None,
+@app.task(name="tinabs.plan", bind=True, acks_late=True, max_retries=None, priority=0,
           time_limit=CFG.limits.stage_time_limit_s)
 def plan(self, job: str, pool: str, selector: dict, mode: str, attempt: int = 0) -> list[str]:
     """Select the pool's VMs and fan out one chain per VM (idempotent per run id)."""

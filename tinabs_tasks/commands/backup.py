@@ -92,7 +92,7 @@ def follow(store, job_id: str, quiet: bool, timeout: float = 0) -> dict:
             print("  (no worker has planned this job yet: is `celery -A tinabs_tasks worker` running "
                   "with access to these pools?)", flush=True)
             hinted = True
-        time.sleep(0.5)
+        time.sleep(0.2)
 
 
 def _print_changes(job: dict, last: dict[str, str]) -> None:

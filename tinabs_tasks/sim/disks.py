@@ -51,8 +51,19 @@ class Content:
         data = self.chunk(k)
         return data == ZERO_CHUNK[: len(data)]
 
+    def candidate_chunks(self) -> list[int] | None:
+        """Sorted chunk numbers that may hold data (None: any may); cheap for sparse disks,
+        so an export of a 64 GiB empty disk does not walk 65,536 chunks."""
+        return None
+
+    def data_chunks(self):
+        """The chunk numbers that are not all zeros, in order."""
+        candidates = self.candidate_chunks()
+        ks = range(self.chunk_count()) if candidates is None else candidates
+        return (k for k in ks if not self.chunk_is_zero(k))
+
     def nonzero_bytes(self) -> int:
-        return sum(self.chunk_length(k) for k in range(self.chunk_count()) if not self.chunk_is_zero(k))
+        return sum(self.chunk_length(k) for k in self.data_chunks())
 
     def sha256(self) -> str:
         digest = hashlib.sha256()
@@ -87,6 +98,12 @@ class SeededContent(Content):
     def chunk_is_zero(self, k: int) -> bool:
         base, end = k * CHUNK, k * CHUNK + self.chunk_length(k)
         return not any(s < end and e > base for s, e in self.regions)
+
+    def candidate_chunks(self) -> list[int]:
+        chunks = set()
+        for start, end in self.regions:
+            chunks.update(range(start // CHUNK, (end - 1) // CHUNK + 1))
+        return sorted(chunks)
 
 
 def _choose_regions(rng: random.Random, size: int, density: float, count: int | None):
@@ -136,6 +153,10 @@ class OverlayContent(Content):
         if k in self._chunks:
             return super().chunk_is_zero(k)
         return self.base.chunk_is_zero(k)
+
+    def candidate_chunks(self) -> list[int] | None:
+        base = self.base.candidate_chunks()
+        return None if base is None else sorted(set(base) | set(self._chunks))
 
 
 class FileContent(Content):

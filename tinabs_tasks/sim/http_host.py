@@ -365,12 +365,12 @@ class _Output:
         self._send(data)
 
     def _send(self, data: bytes) -> None:
-        self.throttle.consume(len(data))
         try:
             self.handler.wfile.write(data)
         except OSError:
             raise ConnectionDropped() from None
         self.sent += len(data)
+        self.throttle.consume(len(data))
 
 
 class _Sink:

@@ -46,8 +46,8 @@ def disk_members(export_id: str, content: Content, keepalive_s: float, clock=tim
     last = content.chunk_count() - 1
     shift = 0
     quiet_since = clock()
-    for k in range(last + 1):
-        if k not in (0, last) and content.chunk_is_zero(k):
+    for k, zero in _chunk_walk(content, last, keepalive_s):
+        if zero:
             if clock() - quiet_since > keepalive_s:
                 yield _chunk(export_id, k + shift, b"")
                 shift += 1
@@ -55,6 +55,27 @@ def disk_members(export_id: str, content: Content, keepalive_s: float, clock=tim
             continue
         yield _chunk(export_id, k + shift, content.chunk(k))
         quiet_since = clock()
+
+
+def _chunk_walk(content: Content, last: int, keepalive_s: float):
+    """(chunk, is skipped zero) pairs.  Chunk-by-chunk when keep-alives may fall between any
+    two chunks; otherwise only the chunks with data plus the first and last are visited, and
+    each skipped stretch is one step (it takes no time, so at most one keep-alive fits)."""
+    candidates = content.candidate_chunks()
+    if keepalive_s <= 0 or candidates is None:
+        for k in range(last + 1):
+            yield k, k not in (0, last) and content.chunk_is_zero(k)
+        return
+    wanted = sorted(set(candidates) | {0, last})
+    previous = -1
+    for k in wanted:
+        if k - previous > 1:
+            yield previous + 1, True
+        if k in (0, last) or not content.chunk_is_zero(k):
+            yield k, False
+        else:
+            yield k, True
+        previous = k
 
 
 def _chunk(export_id: str, number: int, data: bytes) -> list[bytes]:

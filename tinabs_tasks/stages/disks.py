@@ -20,44 +20,55 @@ def run(xapi, ctx: dict, report) -> dict:
     backup_vm = ctx["refs"]["backup_vm"]
     taken = {x.VBD.get_userdevice(vbd) for vbd in x.VM.get_VBDs(backup_vm)}
     shared_sr = xapi.sr_by_name_or_uuid(xapi.pool.shared_sr)
-    for vbd in x.VM.get_VBDs(ctx["refs"]["source_vm"]):
-        rec = x.VBD.get_record(vbd)
-        if rec["userdevice"] in taken or rec["userdevice"] == "0":
-            continue
-        if rec["type"] == "CD":
-            _attach(x, backup_vm, NULL_REF, rec, ctx)
-        elif rec["type"] == "Disk" and rec["VDI"] != NULL_REF:
-            _attach(x, backup_vm, _empty_disk(xapi, shared_sr, rec, ctx), rec, ctx)
+    wanted = [x.VBD.get_record(vbd) for vbd in x.VM.get_VBDs(ctx["refs"]["source_vm"])]
+    wanted = [rec for rec in wanted if rec["userdevice"] not in taken and rec["userdevice"] != "0"]
+    # Every disk is started before any is waited for: the storage creates them side by side.
+    started = []
     if ctx["mode"] == "export" and "0" not in taken:
-        system = _system_clone(xapi, ctx, report)
-        _attach(x, backup_vm, system, x.VBD.get_record(ctx["refs"]["system_vbd"]), ctx)
+        started.append((x.VBD.get_record(ctx["refs"]["system_vbd"]), _start_system_clone(xapi, ctx)))
+    for rec in wanted:
+        if rec["type"] == "CD":
+            started.append((rec, (NULL_REF, None)))
+        elif rec["type"] == "Disk" and rec["VDI"] != NULL_REF:
+            started.append((rec, _start_empty_disk(xapi, shared_sr, rec, ctx)))
+    failure = None
+    for template, (vdi, task) in started:
+        try:
+            if task is not None:
+                vdi = xapi.finish(task)
+                if template["userdevice"] == "0":
+                    markers.mark(x, "VDI", vdi, ctx, markers.Role.SYSTEM_DISK, markers.name(ctx, "system disk"))
+            if template["userdevice"] == "0":
+                ctx["refs"]["system_disk"] = vdi
+            _attach(x, backup_vm, vdi, template, ctx)
+        except Exception as exc:  # finish waiting for the others, so none is left running unmarked
+            failure = failure or exc
+    if failure is not None:
+        raise failure
     return ctx
 
 
-def _empty_disk(xapi, sr: str, vbd: dict, ctx: dict) -> str:
+def _start_empty_disk(xapi, sr: str, vbd: dict, ctx: dict) -> tuple[str | None, str | None]:
+    """(existing VDI, None) if an earlier attempt made it, else (None, task creating it)."""
     x = xapi.x
     role = f"{markers.Role.DATA_DISK}:{vbd['userdevice']}"
     label = markers.name(ctx, f"data {vbd['userdevice']}")
     existing = markers.find_named(x, "VDI", label, ctx["run"])
     if existing:
-        return existing
+        return existing, None
     src = x.VDI.get_record(vbd["VDI"])
-    return xapi.call_async("VDI.create", {
+    return None, xapi.start_async("VDI.create", {
         "name_label": label, "name_description": src["name_description"], "SR": sr,
         "virtual_size": str(src["virtual_size"]), "type": src["type"], "sharable": src["sharable"],
         "read_only": src["read_only"], "other_config": markers.markers(ctx, role),
         "sm_config": {}, "xenstore_data": {}, "tags": []})
 
 
-def _system_clone(xapi, ctx: dict, report) -> str:
-    x = xapi.x
-    label = markers.name(ctx, "system disk")
-    clone = markers.find_named(x, "VDI", label, ctx["run"])
-    if clone is None:
-        clone = xapi.call_async("VDI.clone", ctx["refs"]["snapshot"], {}, progress=report.fraction)
-        markers.mark(x, "VDI", clone, ctx, markers.Role.SYSTEM_DISK, label)
-    ctx["refs"]["system_disk"] = clone
-    return clone
+def _start_system_clone(xapi, ctx: dict) -> tuple[str | None, str | None]:
+    clone = markers.find_named(xapi.x, "VDI", markers.name(ctx, "system disk"), ctx["run"])
+    if clone is not None:
+        return clone, None
+    return None, xapi.start_async("VDI.clone", ctx["refs"]["snapshot"], {})
 
 
 def _attach(x, vm: str, vdi: str, template: dict, ctx: dict) -> str:

@@ -15,11 +15,11 @@ from ..limits import Heartbeat, Lease, PoolSemaphore
 from .errors import WaitForSlot
 
 
-SLOT_POLL_S = 0.05
+SLOT_POLL_S = 0.25
 
 
 class Slots:
-    def __init__(self, redis, pool: str, limit: int, lease_s: float, wait_s: float = 2.0):
+    def __init__(self, redis, pool: str, limit: int, lease_s: float, wait_s: float = 1.0):
         self.redis, self.pool, self.limit, self.lease_s, self.wait_s = redis, pool, limit, lease_s, wait_s
 
     @contextlib.contextmanager
@@ -43,7 +43,8 @@ class Slots:
     def _acquire(self, sem, token: str) -> bool:
         deadline = time.monotonic() + self.wait_s
         while not sem.try_acquire(token):
-            if time.monotonic() > deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 return False
-            time.sleep(SLOT_POLL_S)
+            sem.wait_for_release(min(left, SLOT_POLL_S))
         return True

@@ -43,33 +43,45 @@ def open_get(base_url: str, path: str, query: dict, context, timeout: float = 30
     raise http.client.HTTPException(f"too many redirects for {path}")
 
 
-def stream_to(resp, sink, progress=None, expect_tar_end: bool = True) -> int:
-    """Copy the body into ``sink(memoryview)``; returns bytes; StreamCut if incomplete.
+def stream_to(resp, sinks, progress=None, expect_tar_end: bool = True) -> int:
+    """Copy the body into each ``sink(memoryview)``; returns bytes; StreamCut if incomplete.
 
-    Reading the socket and the sink's work (hashing, writing the file) overlap
-    on two threads through a small ring of large buffers: all three release
-    the GIL, so a transfer costs about the slower of them, not their sum.
-    The sink sees the chunks in order, from one thread.
+    Reading the socket and each sink (say, hashing and writing the file) run
+    on their own threads over a small ring of large buffers: all of them
+    release the GIL, so a transfer costs about the slowest of them, not their
+    sum.  Each sink sees every chunk, in order, from one thread; a buffer is
+    reused once every sink is done with it.
     """
     ring = [bytearray(BUFFER) for _ in range(RING)]
     free: queue.Queue = queue.Queue()
-    full: queue.Queue = queue.Queue()
     for i in range(RING):
         free.put(i)
+    pending = [0] * RING
+    lock = threading.Lock()
     failure: list[BaseException] = []
 
-    def consume():
-        while (item := full.get()) is not None:
+    def release(index: int) -> None:
+        with lock:
+            pending[index] -= 1
+            last = pending[index] == 0
+        if last:
+            free.put(index)
+
+    def consume(sink, inbox: queue.Queue):
+        while (item := inbox.get()) is not None:
             index, n = item
             try:
                 if not failure:
                     sink(memoryview(ring[index])[:n])
             except BaseException as exc:  # handed to the reading thread, which raises it
                 failure.append(exc)
-            free.put(index)
+            release(index)
 
-    worker = threading.Thread(target=consume, name="tinabs-stream-sink", daemon=True)
-    worker.start()
+    inboxes = [queue.Queue() for _ in sinks]
+    workers = [threading.Thread(target=consume, args=(sink, inbox), name="tinabs-stream-sink", daemon=True)
+               for sink, inbox in zip(sinks, inboxes)]
+    for worker in workers:
+        worker.start()
     total, tail = 0, b""
     length = resp.getheader("Content-Length")
     try:
@@ -83,13 +95,17 @@ def stream_to(resp, sink, progress=None, expect_tar_end: bool = True) -> int:
                 free.put(index)
                 break
             tail = (tail + bytes(memoryview(ring[index])[max(0, n - len(TAR_END)):n]))[-len(TAR_END):]
-            full.put((index, n))
+            pending[index] = len(sinks)
+            for inbox in inboxes:
+                inbox.put((index, n))
             total += n
             if progress:
                 progress(total)
     finally:
-        full.put(None)
-        worker.join()
+        for inbox in inboxes:
+            inbox.put(None)
+        for worker in workers:
+            worker.join()
     if failure:
         raise failure[0]
     if length is not None and int(length) != total:

@@ -27,13 +27,24 @@ class Xapi:
     def handle(self) -> str:
         return self.session.handle
 
-    def call_async(self, method: str, *args, progress=None, poll_s: float = POLL_MAX_S,
-                   timeout_s: float = 6 * 3600):
-        """Run ``Async.<method>`` and wait: returns the decoded result, raises XenAPI.Failure."""
+    def start_async(self, method: str, *args) -> str:
+        """Start ``Async.<method>`` and return its task (for work that can overlap)."""
         target = self.x.Async
         for part in method.split("."):
             target = getattr(target, part)
-        task = target(*args)
+        return target(*args)
+
+    def finish(self, task: str, progress=None, poll_s: float = POLL_MAX_S, timeout_s: float = 6 * 3600):
+        """Wait for a task from start_async, destroy it, return its result."""
+        try:
+            return self.wait_task(task, progress, poll_s, timeout_s)
+        finally:
+            self._destroy_task(task)
+
+    def call_async(self, method: str, *args, progress=None, poll_s: float = POLL_MAX_S,
+                   timeout_s: float = 6 * 3600):
+        """Run ``Async.<method>`` and wait: returns the decoded result, raises XenAPI.Failure."""
+        task = self.start_async(method, *args)
         try:
             return self.wait_task(task, progress, poll_s, timeout_s)
         finally:
