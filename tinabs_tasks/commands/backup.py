@@ -101,10 +101,11 @@ def _print_changes(job: dict, last: dict[str, str]) -> None:
     for r in job["runs"]:
         key = f"{r.get('pool')}/{r.get('vm_name')} ({r.get('vm_uuid', '')[:8]})"
         state_line = f"{r['state']} {r.get('stage', '')}"
-        bytes_due = r["state"] == "running" and r.get("bytes") and now - float(last.get(key + "#t", 0)) > 2
+        moving = r["state"] == "running" and int(r.get("bytes") or 0) > 0
+        bytes_due = moving and now - float(last.get(key + "#t", 0)) > 2
         if last.get(key) != state_line or bytes_due:
             detail = ""
-            if r.get("bytes") and r["state"] == "running":
+            if moving:
                 detail = f" {int(r['bytes']) / 1e6:.1f} MB at {int(r.get('rate', 0)) / 1e6:.1f} MB/s"
             if r["state"] in ("failed", "retrying") and r.get("error"):
                 detail = f" — {r['error']}"

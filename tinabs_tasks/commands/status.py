@@ -58,10 +58,16 @@ def render(job: dict) -> str:
         if progress and r["state"] == "running":
             stage = f"{stage} {float(progress) * 100:.0f}%"
         lines.append(f"{r.get('pool', ''):<10} {r.get('vm_name', '')[:20]:<20} {r['state']:<10} {stage[:22]:<22} "
-                     f"{human_bytes(r.get('bytes')) if r.get('bytes') else '':>10} {rate:>11}  {detail}")
+                     f"{_size(r):>10} {rate:>11}  {detail}")
     for note in job["notes"]:
         lines.append(f"note: {note}")
     return "\n".join(lines)
+
+
+def _size(run: dict) -> str:
+    """The backup's size once done; the bytes moved so far while running."""
+    value = run.get("size") if run["state"] == "succeeded" else run.get("bytes")
+    return human_bytes(value) if value and value != "None" else ""
 
 
 def print_live(job: dict, stream=sys.stdout) -> None:
