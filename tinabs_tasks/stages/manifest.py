@@ -9,6 +9,15 @@ from .. import destination
 FORMAT = 1
 
 
+def earlier_result(ctx: dict, paths: dict) -> dict | None:
+    """The result of an earlier attempt of this run that completed: its manifest exists."""
+    done = destination.read_manifest(paths["manifest"])
+    if not done or done.get("run") != ctx["run"]:
+        return None
+    return {"path": paths["data"], "manifest": paths["manifest"], "size": done.get("size"),
+            "sha256": done.get("sha256")}
+
+
 def write(ctx: dict, paths: dict, *, size: int, sha256: str, transfer_s: float, xapi, extra: dict | None = None):
     payload = {
         "format": FORMAT, "vm": {"uuid": ctx["vm"]["uuid"], "name": ctx["vm"]["name"]},

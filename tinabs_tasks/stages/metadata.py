@@ -17,9 +17,9 @@ from .export import download
 
 def run(xapi, ctx: dict, report, slots, dest: str) -> dict:
     paths = destination.backup_paths(ctx, dest)
-    done = destination.read_manifest(paths["manifest"])
-    if done and done.get("run") == ctx["run"]:
-        ctx["result"] = {"path": paths["data"], "manifest": paths["manifest"]}
+    earlier = manifest.earlier_result(ctx, paths)
+    if earlier:
+        ctx["result"] = earlier
         return ctx
     x = xapi.x
     copy = ctx["refs"]["system_copy"]
