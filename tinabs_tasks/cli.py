@@ -13,6 +13,7 @@ COMMANDS = {
     "check-config": ("tinabs_tasks.commands.check_config", "validate the config against the pools"),
     "backup": ("tinabs_tasks.commands.backup", "back up VMs (by tag, name or all)"),
     "status": ("tinabs_tasks.commands.status", "show a job's progress and result"),
+    "list": ("tinabs_tasks.commands.list_backups", "list the backups in the destination"),
 }
 
 
