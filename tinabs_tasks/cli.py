@@ -14,6 +14,7 @@ COMMANDS = {
     "backup": ("tinabs_tasks.commands.backup", "back up VMs (by tag, name or all)"),
     "status": ("tinabs_tasks.commands.status", "show a job's progress and result"),
     "list": ("tinabs_tasks.commands.list_backups", "list the backups in the destination"),
+    "verify": ("tinabs_tasks.commands.verify", "check backups: structure, checksums, skeleton"),
 }
 
 
