@@ -63,7 +63,7 @@ def celery_settings(cfg: config_mod.Config) -> dict:
 
 def make_app(cfg: config_mod.Config | None = None) -> Celery:
     cfg = cfg or config_mod.load()
-    app = Celery("tinabs", include=["tinabs_tasks.tasks"])
+    app = Celery("tinabs", include=["tinabs_tasks.tasks", "tinabs_tasks.tasks_restore", "tinabs_tasks.tasks_upkeep"])
     app.conf.update(celery_settings(cfg))
     app.tinabs_config = cfg
     for pool in cfg.pools.values():

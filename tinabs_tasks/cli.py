@@ -15,6 +15,9 @@ COMMANDS = {
     "status": ("tinabs_tasks.commands.status", "show a job's progress and result"),
     "list": ("tinabs_tasks.commands.list_backups", "list the backups in the destination"),
     "verify": ("tinabs_tasks.commands.verify", "check backups: structure, checksums, skeleton"),
+    "restore": ("tinabs_tasks.commands.restore", "restore a backup into a pool"),
+    "prune": ("tinabs_tasks.commands.prune", "apply the retention policy"),
+    "janitor": ("tinabs_tasks.commands.janitor", "remove litter of dead runs from pools and the destination"),
 }
 
 

@@ -68,6 +68,27 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    """How many backups of each VM ``tinabs prune`` keeps (restic-like; 0 = rule unused)."""
+    keep_last: int = 0
+    keep_daily: int = 0
+    keep_weekly: int = 0
+    keep_monthly: int = 0
+    #: apply the policy to a VM right after each of its good backups (else only `tinabs prune`)
+    after_backup: bool = True
+
+    @property
+    def active(self) -> bool:
+        """All zero: no policy, nothing is ever pruned."""
+        return any((self.keep_last, self.keep_daily, self.keep_weekly, self.keep_monthly))
+
+
+@dataclass(frozen=True)
+class JanitorConfig:
+    max_age_h: float = 24.0
+
+
+@dataclass(frozen=True)
 class Config:
     broker_url: str
     result_backend: str
@@ -76,6 +97,8 @@ class Config:
     default_mode: str = "export"
     retry: RetryConfig = RetryConfig()
     limits: LimitsConfig = LimitsConfig()
+    retention: RetentionConfig = RetentionConfig()
+    janitor: JanitorConfig = JanitorConfig()
     path: str = ""
 
     def pool(self, name: str) -> PoolConfig:
@@ -85,7 +108,8 @@ class Config:
             raise ConfigError(f"unknown pool `{name}`; configured pools: {', '.join(sorted(self.pools))}") from None
 
 
-_TOP = {"broker_url", "result_backend", "destination", "default_mode", "pools", "retry", "limits"}
+_TOP = {"broker_url", "result_backend", "destination", "default_mode", "pools", "retry", "limits",
+        "retention", "janitor"}
 _POOL = {"master", "username", "password_env", "password_file", "password", "allow_inline_password",
          "verify_tls", "ca_bundle", "shared_sr", "backup_sr", "max_concurrent_exports"}
 
@@ -144,7 +168,18 @@ def parse(raw: dict, path: str = "<config>") -> Config:
     pools = {name: _pool(name, table, path) for name, table in pools_raw.items()}
     return Config(broker_url=broker, result_backend=backend, destination=destination, pools=pools,
                   default_mode=mode, retry=_section(raw, "retry", RetryConfig, path),
-                  limits=_section(raw, "limits", LimitsConfig, path), path=path)
+                  limits=_section(raw, "limits", LimitsConfig, path),
+                  retention=_retention(raw, path), janitor=_section(raw, "janitor", JanitorConfig, path),
+                  path=path)
+
+
+def _retention(raw: dict, path: str) -> RetentionConfig:
+    table = raw.get("retention", {})
+    if isinstance(table, dict):
+        for name, value in table.items():  # counts: 2.5 backups means nothing
+            if name.startswith("keep_") and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError(f"{path}: [retention] {name} must be a non-negative integer, got {value!r}")
+    return _section(raw, "retention", RetentionConfig, path)
 
 
 def _pool(name: str, table, path: str) -> PoolConfig:
@@ -190,6 +225,10 @@ def _section(raw: dict, key: str, cls, path: str):
     defaults = cls()
     for name, value in table.items():
         expected = type(getattr(defaults, name))
+        if expected is bool:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{path}: [{key}] {name} must be true or false")
+            continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ConfigError(f"{path}: [{key}] {name} must be a non-negative number")
         table[name] = expected(value)

@@ -117,6 +117,9 @@ def _stage_task(name: str):
         ctx = run_stage(self, name, ctx)
         if name == "cleanup":
             _jobs().finish_run(ctx["run"], RunState.SUCCEEDED, stage="done", **_result_fields(ctx))
+            if CFG.retention.active and CFG.retention.after_backup:  # per VM, after each good backup
+                app.send_task("tinabs.prune_vm", args=(ctx["pool"], ctx["vm"]["uuid"]),
+                              queue=CFG.pool(ctx["pool"]).queue)
         return ctx
 
     stage_task.__name__ = stage_task.__qualname__ = f"{name}_task"

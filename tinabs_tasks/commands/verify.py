@@ -18,6 +18,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--no-record", action="store_true",
                         help="do not write the result into the manifest (\"verified\")")
+    parser.add_argument("--restore-test", action="store_true",
+                        help="health check: import BACKUP into --pool, check its skeleton, start it on an "
+                             "isolated network, check it runs, remove everything it made")
+    parser.add_argument("--pool", help="with --restore-test: the pool to test in")
+    parser.add_argument("--sr", help="with --restore-test: the SR for the test VM's disks")
     parser.add_argument("--offline", action="store_true",
                         help="do not contact pools (skips checking the disks sr-copy backups keep on the backup SR)")
 
@@ -26,6 +31,8 @@ def run(args) -> int:
     if bool(args.all) == bool(args.backup):
         raise UserError("give either one backup (its .xva or .json) or --all")
     cfg = load_config(args)
+    if args.restore_test:
+        return _restore_test(cfg, args)
     record = not args.no_record
     check = None if args.offline else pool_check(cfg)
     if args.all:
@@ -53,6 +60,25 @@ def run(args) -> int:
             bad = sum(1 for _, r in results if not r.ok)
             print(f"{len(results)} backup(s) verified, {bad} failed")
     return 0 if all(r.ok for _, r in results) else 1
+
+
+def _restore_test(cfg, args) -> int:
+    """Runs on a worker of the pool (it holds the credentials); this process waits for the verdict."""
+    if args.all or not (args.pool and args.sr):
+        raise UserError("--restore-test takes one BACKUP, --pool and --sr")
+    cfg.pool(args.pool)  # unknown pool: one clear line
+    path = _manifest(args.backup, cfg.destination)
+    from ..tasks_restore import send_restore_test  # loads the Celery app (needs only the broker)
+    report = send_restore_test(args.pool, path, args.sr).get(timeout=cfg.limits.export_time_limit_s)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(("OK      " if report["ok"] else "FAILED  ") + f"restore test of {path} in pool {args.pool}")
+        for step in report.get("steps", []):
+            print(f"  . {step}")
+        for problem in report.get("problems", []):
+            print(f"  - {problem}")
+    return 0 if report["ok"] else 1
 
 
 def pool_check(cfg):
