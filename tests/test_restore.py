@@ -226,7 +226,7 @@ def test_health_check_task_passes_and_cleans_up(deployment, source):
 
 def test_health_check_reports_a_broken_skeleton(deployment, source, tmp_path):
     """A manifest that disagrees with the backup's content fails the check (and still cleans up)."""
-    from tinabs_tasks import config, restore as restore_mod
+    from tinabs_tasks import config, restore as restore_mod, restore_test
     dep = deployment
     code, job = dep.backup("--vm", source["uuid"], "--pool", POOL, "--mode", "export")
     assert code == 0, job
@@ -234,7 +234,7 @@ def test_health_check_reports_a_broken_skeleton(deployment, source, tmp_path):
     cfg = config.load(str(dep.config))
     backup = restore_mod.load_backup(cfg.destination, job["runs"][0]["path"])
     backup["manifest"]["skeleton"]["VCPUs_max"] += 1
-    report = restore_mod.health_check(restore_mod._xapi_for(cfg, POOL), backup, "nfs-shared")
+    report = restore_test.health_check(restore_mod._xapi_for(cfg, POOL), backup, "nfs-shared")
     assert not report["ok"] and any("VCPUs_max" in p for p in report["problems"]), report
     assert counts(dep.sim, POOL) == before
 

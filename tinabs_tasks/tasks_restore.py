@@ -1,6 +1,6 @@
 """Celery tasks for restores: `tinabs.restore` and `tinabs.restore_test` (the health check).
 
-Thin: they call ``restore.run_restore`` / ``restore.run_health_check`` on the
+Thin: they call ``restore.run_restore`` / ``restore_test.run_health_check`` on the
 pool's queue (``tinabs.pool.<name>``), publish progress as a PROGRESS task
 state, and return the result dict.  A restore removes what it made before it
 raises (by its restore run id), so a retry starts clean: transient errors are
@@ -9,7 +9,7 @@ fail the task with a one-line reason (StageFailed).
 """
 from __future__ import annotations
 
-from . import restore
+from . import restore, restore_test
 from .app import app
 from .stages.errors import StageFailed
 from .tasks import CFG, backoff
@@ -51,7 +51,7 @@ def restore_task(self, pool: str, backup_path: str, options: dict, run: str, att
 def restore_test_task(self, pool: str, backup_path: str, sr: str) -> dict:
     """The restore test of one backup; returns the report (``ok`` False when the check failed)."""
     try:
-        return restore.run_health_check(CFG, backup_path, pool, sr, report=_reporter(self))
+        return restore_test.run_health_check(CFG, backup_path, pool, sr, report=_reporter(self))
     except restore.BadBackup as exc:
         raise StageFailed(str(exc)) from None
 
