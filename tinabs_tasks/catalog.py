@@ -26,6 +26,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 
+from . import destination
 from .destination import safe_name
 
 COMPLETE, PARTIAL, NO_MANIFEST, CORRUPT, MISSING = (
@@ -211,3 +212,27 @@ def _order(b: Backup):
     # per VM (pool, name, uuid), newest first; undated entries last
     return (b.pool, b.vm_name, b.vm_uuid, -b.created.timestamp() if b.created else float("inf"),
             b.path or b.manifest_path or "")
+
+
+class NotABackup(ValueError):
+    """A path a user gave does not name a backup in the destination; the message says why."""
+
+
+def resolve(dest: str, path: str) -> str:
+    """The manifest of the backup a user named by its data file or its manifest, inside ``dest``."""
+    if not os.path.exists(path):
+        raise NotABackup(f"{path}: no such file")
+    try:
+        destination.inside(dest, path)
+    except destination.UnsafePath:
+        raise NotABackup(f"{path} is outside the destination {dest}") from None
+    manifest = os.path.realpath(path)
+    for suffix in DATA_SUFFIXES:
+        if manifest.endswith(suffix):
+            manifest = manifest[: -len(suffix)] + MANIFEST_SUFFIX
+            break
+    if not manifest.endswith(MANIFEST_SUFFIX):
+        raise NotABackup(f"{path}: not a backup (give its .xva, .metadata.xva or .json)")
+    if not os.path.isfile(manifest):
+        raise NotABackup(f"{path}: no manifest {os.path.basename(manifest)} beside it (not a finished backup)")
+    return manifest

@@ -52,7 +52,7 @@ import xmlrpc.client
 
 import XenAPI
 
-from . import catalog, destination
+from . import catalog
 from .stages import markers
 from .xapi import upload
 from .xapi.port import NULL_REF
@@ -86,20 +86,10 @@ def new_run_id() -> str:
 def load_backup(dest: str, path: str) -> dict:
     """The backup at ``path`` (data file or manifest), which must be a complete catalog entry
     inside ``dest``: {"manifest_path", "path", "mode", "manifest"}."""
-    if not os.path.exists(path):
-        raise BadBackup(f"{path}: no such file")
     try:
-        destination.inside(dest, path)
-    except destination.UnsafePath:
-        raise BadBackup(f"{path} is outside the destination {dest}") from None
-    full = os.path.realpath(path)
-    manifest_path = full
-    for suffix in catalog.DATA_SUFFIXES:
-        if full.endswith(suffix):
-            manifest_path = full[: -len(suffix)] + catalog.MANIFEST_SUFFIX
-            break
-    if not manifest_path.endswith(catalog.MANIFEST_SUFFIX):
-        raise BadBackup(f"{path}: not a backup (give its .xva, .metadata.xva or .json)")
+        manifest_path = catalog.resolve(dest, path)
+    except catalog.NotABackup as exc:
+        raise BadBackup(str(exc)) from None
     vm_dir = os.path.dirname(manifest_path)
     pool_dir = os.path.basename(os.path.dirname(vm_dir))
     found = [b for b in catalog.scan(dest, pool=pool_dir, vm=os.path.basename(vm_dir), include_incomplete=True)

@@ -141,16 +141,6 @@ class _Disk:
     jumps: list = field(default_factory=list)     # (previous, number) where number > previous + 1
 
 
-def manifest_for(path: str) -> str:
-    """The manifest of a backup given its manifest or its data file."""
-    if path.endswith(".json"):
-        return path
-    for suffix in (".metadata.xva", ".xva"):
-        if path.endswith(suffix):
-            return path[: -len(suffix)] + ".json"
-    return path
-
-
 def verify_backup(manifest_path: str, *, record: bool = False, pool_check=None) -> Report:
     """Verify one backup; ``pool_check(manifest) -> [problems]`` also checks what lives on a pool
     (the copies an sr-copy backup keeps on the backup SR)."""

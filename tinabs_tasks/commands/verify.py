@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 import os
 
-from .. import destination
-from ..verify import check_copied_vdis, manifest_for, verify_all, verify_backup
+from .. import catalog
+from ..verify import check_copied_vdis, verify_all, verify_backup
 from ..xapi.connect import PoolSession
 from ..xapi.errors import classify
 from ..xapi.port import Xapi
@@ -100,17 +100,7 @@ def pool_check(cfg):
 
 
 def _manifest(path: str, dest: str) -> str:
-    if not os.path.exists(path):
-        raise UserError(f"{path}: no such file")
     try:
-        destination.inside(dest, path)
-    except destination.UnsafePath:
-        raise UserError(f"{path} is outside the destination {dest}") from None
-    manifest = manifest_for(os.path.abspath(path))
-    if not os.path.isfile(manifest):
-        raise UserError(f"{path}: no manifest {os.path.basename(manifest)} beside it (not a finished backup)")
-    try:
-        destination.inside(dest, manifest)
-    except destination.UnsafePath:
-        raise UserError(f"{manifest} is outside the destination {dest}") from None
-    return manifest
+        return catalog.resolve(dest, path)
+    except catalog.NotABackup as exc:
+        raise UserError(str(exc)) from None
