@@ -41,3 +41,23 @@ def test_sr_copy_backup_whose_kept_disk_is_gone_fails_verification(deployment):
     assert f"copied disk {copied['uuid']} is gone from pool pool-a" in proc.stdout
     # And --offline (no pool contact) still passes the file checks
     assert deployment.cli("verify", run["manifest"], "--offline", "--no-record").returncode == 0
+
+
+def test_the_verify_task_checks_recent_backups_on_a_worker(deployment):
+    """Given a fresh backup, when tinabs.verify (what beat runs each morning) is sent to the workers,
+    then it verifies the backups of the last hours and records each verdict."""
+    import subprocess
+    import sys
+
+    run = _one_backup(deployment, "export")
+    script = ("import json; from tinabs_tasks.tasks_upkeep import verify_task; "
+              "print(json.dumps(verify_task.delay(since_h=1).get(timeout=120)))")
+    proc = subprocess.run([sys.executable, "-c", script], env=deployment.env, capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["results"][run["manifest"]]["ok"]
+    # (an earlier test broke an sr-copy backup on purpose: it must be the failures, with reasons)
+    failed = {path: r for path, r in result["results"].items() if not r["ok"]}
+    assert result["failed"] == len(failed) and all(r["problems"] for r in failed.values())
+    assert json.loads(open(run["manifest"]).read())["verified"]["state"] == "ok"
