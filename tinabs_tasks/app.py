@@ -14,6 +14,7 @@ from celery import Celery
 from kombu import Queue
 
 from . import config as config_mod
+from .xapi.tls import insecure_warnings
 
 log = logging.getLogger("tinabs")
 DEFAULT_QUEUE = "tinabs"
@@ -66,10 +67,8 @@ def make_app(cfg: config_mod.Config | None = None) -> Celery:
     app = Celery("tinabs", include=["tinabs_tasks.tasks", "tinabs_tasks.tasks_restore", "tinabs_tasks.tasks_upkeep"])
     app.conf.update(celery_settings(cfg))
     app.tinabs_config = cfg
-    for pool in cfg.pools.values():
-        if pool.master.startswith("https://") and not pool.verify_tls:
-            log.warning("pool `%s`: TLS verification is OFF (verify_tls = false); anyone on the path can "
-                        "impersonate the pool master and read its root password", pool.name)
+    for line in insecure_warnings(cfg.pools.values()):  # at every start of a worker
+        log.warning("%s", line)
     return app
 
 

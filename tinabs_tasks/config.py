@@ -29,11 +29,19 @@ class PoolConfig:
     password_env: str | None = None
     password_file: str | None = None
     password: str | None = field(default=None, repr=False)  # only with allow_inline_password
-    verify_tls: bool = True
     ca_bundle: str | None = None
+    #: ``sha256:AB:CD:...``: trust exactly this server certificate (no CA check)
+    tls_fingerprint: str | None = None
+    #: no TLS verification at all; explicit, warned about at every start
+    insecure: bool = False
     shared_sr: str = ""
     backup_sr: str = ""
     max_concurrent_exports: int = 2
+
+    @property
+    def verify_tls(self) -> bool:
+        """False only with ``insecure = true`` (formerly ``verify_tls = false``)."""
+        return not self.insecure
 
     @property
     def queue(self) -> str:
@@ -111,7 +119,7 @@ class Config:
 _TOP = {"broker_url", "result_backend", "destination", "default_mode", "pools", "retry", "limits",
         "retention", "janitor"}
 _POOL = {"master", "username", "password_env", "password_file", "password", "allow_inline_password",
-         "verify_tls", "ca_bundle", "shared_sr", "backup_sr", "max_concurrent_exports"}
+         "verify_tls", "insecure", "ca_bundle", "tls_fingerprint", "shared_sr", "backup_sr", "max_concurrent_exports"}
 
 
 def read_secret_file(path: str, what: str) -> str:
@@ -195,13 +203,22 @@ def _pool(name: str, table, path: str) -> PoolConfig:
     if "password" in table and table.get("allow_inline_password") is not True:
         raise ConfigError(f"{where}: inline passwords are refused; use password_env or password_file "
                           "(or set allow_inline_password = true if you really must)")
-    for key in ("password_env", "password_file", "password", "ca_bundle"):
+    for key in ("password_env", "password_file", "password", "ca_bundle", "tls_fingerprint"):
         _str(table, key, where)  # checked now: a wrong type would only fail later, in a worker
     if not isinstance(table.get("backup_sr", ""), str):  # "" is allowed: no sr-copy for this pool
         raise ConfigError(f"{where}: `backup_sr` must be a string")
-    for key in ("verify_tls", "allow_inline_password"):
+    for key in ("verify_tls", "insecure", "allow_inline_password"):
         if key in table and not isinstance(table[key], bool):
             raise ConfigError(f"{where}: `{key}` must be true or false, got {table[key]!r}")
+    insecure = _insecure(table, where)
+    fingerprint = table.get("tls_fingerprint")
+    if fingerprint is not None:
+        _check_fingerprint(fingerprint, where)
+    trust = [k for k, on in (("ca_bundle", "ca_bundle" in table), ("tls_fingerprint", fingerprint is not None),
+                              ("insecure", insecure)) if on]
+    if len(trust) > 1:
+        raise ConfigError(f"{where}: set at most one of ca_bundle, tls_fingerprint or insecure = true "
+                          f"(found {', '.join(trust)})")
     master = _str(table, "master", where, required=True)
     if not master.startswith(("http://", "https://")):
         raise ConfigError(f"{where}: master must be an http:// or https:// URL, got {master!r}")
@@ -211,9 +228,27 @@ def _pool(name: str, table, path: str) -> PoolConfig:
     return PoolConfig(
         name=name, master=master.rstrip("/"), username=_str(table, "username", where, required=True),
         password_env=table.get("password_env"), password_file=table.get("password_file"),
-        password=table.get("password"), verify_tls=bool(table.get("verify_tls", True)),
+        password=table.get("password"), insecure=insecure, tls_fingerprint=fingerprint,
         ca_bundle=table.get("ca_bundle"), shared_sr=_str(table, "shared_sr", where, required=True),
         backup_sr=table.get("backup_sr", ""), max_concurrent_exports=limit)
+
+
+def _insecure(table: dict, where: str) -> bool:
+    """``insecure = true``; ``verify_tls = false`` is the old spelling of the same."""
+    if "insecure" in table and "verify_tls" in table:
+        raise ConfigError(f"{where}: `verify_tls` is the old name of `insecure`; set only `insecure = true`")
+    if "insecure" in table:
+        return table["insecure"]
+    return table.get("verify_tls", True) is False
+
+
+def _check_fingerprint(value: str, where: str) -> None:
+    text = value.strip()
+    digits = text[len("sha256:"):] if text.lower().startswith("sha256:") else None
+    hexdigits = (digits or "").replace(":", "")
+    if digits is None or len(hexdigits) != 64 or any(c not in "0123456789abcdefABCDEF" for c in hexdigits):
+        raise ConfigError(f"{where}: tls_fingerprint must look like \"sha256:AB:CD:...\" (32 hex pairs; "
+                          "see: openssl x509 -noout -fingerprint -sha256 -in CERT), got {value!r}")
 
 
 def _section(raw: dict, key: str, cls, path: str):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from .common import job_store, load_config, UserError
 
@@ -13,6 +14,9 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     cfg = load_config(args)
     print(f"config {cfg.path}: syntax and keys OK ({len(cfg.pools)} pools)")
+    from ..xapi.tls import insecure_warnings
+    for line in insecure_warnings(cfg.pools.values()):
+        print(f"WARNING: {line}", file=sys.stderr)
     problems = 0
     if not os.path.isdir(cfg.destination) or not os.access(cfg.destination, os.W_OK):
         print(f"  destination {cfg.destination}: missing or not writable — create it and give the worker "
@@ -39,12 +43,17 @@ def check_pool(pool) -> int:
     from ..xapi.connect import PoolSession
     from ..xapi.errors import classify
     from ..xapi.port import Xapi
+    from ..xapi.tls import failure_advice
     try:
         xapi = Xapi(PoolSession(pool))
     except ConfigError as exc:
         print(f"  pool `{pool.name}`: {_unprefixed(exc, pool.name)}")
         return 1
     except Exception as exc:
+        advice = failure_advice(pool, exc)
+        if advice:
+            print(f"  pool `{pool.name}`: {advice}")
+            return 1
         print(f"  pool `{pool.name}`: {_unprefixed(classify(exc, pool.name), pool.name)}")
         return 1
     problems = 0

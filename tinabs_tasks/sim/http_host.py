@@ -168,8 +168,7 @@ class HostHandler(BaseHTTPRequestHandler):
         # client stays pending for the target host; one made here must not linger.
         if task != query.get("task_id") and self.pool.store.exists("task", task):
             self.pool.store.destroy("task", task)
-        target = self.pool.hosts[host_ref]
-        location = f"http://{target.address}:{target.port}{self.path}"
+        location = self.pool.base_url(host_ref) + self.path  # same scheme: https stays https
         self.send_response(302)
         self.send_header("Location", location)
         self.send_header("Connection", "close")

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import signal
+import ssl
 import sys
 import threading
 
@@ -31,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="empty keep-alive chunk after this long without export output (default 5, as xapi)")
     parser.add_argument("--session-ttl", type=_non_negative, default=0.0, metavar="SECONDS",
                         help="expire sessions idle this long (default: never)")
+    parser.add_argument("--tls-cert", metavar="CERT", help="serve every host over HTTPS with this PEM certificate")
+    parser.add_argument("--tls-key", metavar="KEY", help="the PEM private key of --tls-cert (default: in CERT)")
     parser.add_argument("--write-config", metavar="FILE", help="write a tinabs config for these pools")
     parser.add_argument("--dest", metavar="DIR", help="backup destination written into --write-config")
 
@@ -67,13 +70,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"tinabs sim: --port {args.port} leaves no room for {args.pools} pools (pool k uses PORT+k)",
               file=sys.stderr)
         return 2
+    if args.tls_key and not args.tls_cert:
+        print("tinabs sim: --tls-key needs --tls-cert", file=sys.stderr)
+        return 2
     settings = SimSettings(latency_s=args.latency, host_bandwidth=args.host_bandwidth_mbps * 1e6,
                            copy_bandwidth=args.copy_bandwidth_mbps * 1e6,
                            export_keepalive_s=args.export_keepalive, session_ttl_s=args.session_ttl)
     try:
         sim = Simulator(args.pools, args.vms_per_pool, args.hosts_per_pool, args.seed, args.disk_mib,
-                        args.port, settings)
+                        args.port, settings, tls_cert=args.tls_cert, tls_key=args.tls_key)
         info = sim.start()
+    except ssl.SSLError as exc:
+        print(f"tinabs sim: cannot use --tls-cert {args.tls_cert} / --tls-key {args.tls_key}: {exc}",
+              file=sys.stderr)
+        return 2
     except (ValueError, OSError) as exc:
         print(f"tinabs sim: {exc}", file=sys.stderr)
         return 2

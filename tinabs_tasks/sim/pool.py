@@ -50,9 +50,12 @@ class SimPool:
     def master(self) -> HostEndpoint:
         return self.hosts[self.master_ref]
 
+    #: "https" when the simulator serves its hosts over TLS (``tinabs sim --tls-cert``)
+    scheme = "http"
+
     def base_url(self, host_ref: str | None = None) -> str:
         host = self.hosts[host_ref or self.master_ref]
-        return f"http://{host.address}:{host.port}"
+        return f"{self.scheme}://{host.address}:{host.port}"
 
     # -- sessions -------------------------------------------------------------
     def login(self, username: str, password: str, originator: str = "") -> str:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import sys
 import shutil
 import socket
+import ssl
 import struct
 import tempfile
 import termios
@@ -33,9 +35,19 @@ class _Server(ThreadingHTTPServer):
 
 
 class HostServer(_Server):
-    def __init__(self, address, pool: SimPool, host_ref: str):
+    def __init__(self, address, pool: SimPool, host_ref: str, tls: ssl.SSLContext | None = None):
         self.pool, self.host_ref = pool, host_ref
         super().__init__(address, HostHandler)
+        if tls is not None:
+            # the handshake happens on the first read, in the request's own thread:
+            # a slow or refusing client does not hold up accept()
+            self.socket = tls.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
+
+    def handle_error(self, request, client_address):
+        # a client that refuses our certificate (or speaks plain http) is not a simulator bug
+        if isinstance(sys.exc_info()[1], (ssl.SSLError, ConnectionError)):
+            return
+        super().handle_error(request, client_address)
 
     def shutdown_request(self, request):
         _drain_before_reset(request)
@@ -70,10 +82,15 @@ class ControlServer(_Server):
 
 class Simulator:
     def __init__(self, pools: int = 2, vms_per_pool: int = 8, hosts_per_pool: int = 2, seed: int = 1,
-                 disk_mib: int = 64, port: int = 0, settings: SimSettings | None = None):
+                 disk_mib: int = 64, port: int = 0, settings: SimSettings | None = None,
+                 tls_cert: str | None = None, tls_key: str | None = None):
         if not (1 <= pools <= 250 and 1 <= hosts_per_pool <= 250 and vms_per_pool >= 0 and disk_mib >= 1):
             raise ValueError("need 1-250 pools, 1-250 hosts per pool, >= 0 VMs and a disk of >= 1 MiB")
         self.settings = settings or SimSettings()
+        self.tls: ssl.SSLContext | None = None
+        if tls_cert:  # every host endpoint over HTTPS; the control API stays plain http on loopback
+            self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.tls.load_cert_chain(tls_cert, tls_key)
         self.faults = FaultRegistry()
         self.scratch = tempfile.mkdtemp(prefix="tinabs-sim-")
         self.pools: dict[str, SimPool] = {}
@@ -85,6 +102,8 @@ class Simulator:
             pool = SimPool(name, "root", f"sim-{name}-{seed}", self.settings, self.faults, self.scratch)
             addresses = ["127.0.0.1"] + [f"127.0.{k + 1}.{j + 1}" for j in range(1, hosts_per_pool)]
             populate(pool, k, hosts_per_pool, vms_per_pool, seed, disk_mib, addresses)
+            if self.tls is not None:
+                pool.scheme = "https"
             self.pools[name] = pool
         self.settings.latency_s = latency
 
@@ -105,12 +124,12 @@ class Simulator:
 
     def _serve_pool(self, pool: SimPool, port: int) -> None:
         for _attempt in range(20):
-            bound = [self._bind(HostServer, (pool.master.address, port), pool, pool.master_ref)]
+            bound = [self._bind(HostServer, (pool.master.address, port), pool, pool.master_ref, self.tls)]
             chosen = bound[0].server_address[1]
             try:
                 for ref, host in pool.hosts.items():
                     if ref != pool.master_ref:
-                        bound.append(self._bind(HostServer, (host.address, chosen), pool, ref))
+                        bound.append(self._bind(HostServer, (host.address, chosen), pool, ref, self.tls))
             except OSError as exc:
                 for server in bound:
                     server.server_close()

@@ -5,11 +5,11 @@ import os
 import ssl
 import threading
 import urllib.parse
-import xmlrpc.client
 
 import XenAPI
 
 from ..config import PoolConfig
+from . import tls
 
 _cache: dict[str, "PoolSession"] = {}
 _lock = threading.Lock()
@@ -17,11 +17,8 @@ ORIGINATOR = "tinabs"
 
 
 def tls_context(pool: PoolConfig) -> ssl.SSLContext | None:
-    if not pool.master.startswith("https://"):
-        return None
-    if not pool.verify_tls:
-        return ssl._create_unverified_context()  # explicit opt-out; warned about at start
-    return ssl.create_default_context(cafile=pool.ca_bundle) if pool.ca_bundle else ssl.create_default_context()
+    """See tls.context_for: CA-verified by default, ca_bundle, tls_fingerprint pin, or insecure."""
+    return tls.context_for(pool)
 
 
 class PoolSession:
@@ -34,7 +31,7 @@ class PoolSession:
         self.session = self._login(pool.master)
 
     def _session_for(self, url: str) -> XenAPI.Session:
-        transport = xmlrpc.client.SafeTransport(context=self.context) if url.startswith("https://") else None
+        transport = tls.SafeTransport(context=self.context) if url.startswith("https://") else None
         return XenAPI.Session(url, transport=transport)
 
     def _login(self, url: str) -> XenAPI.Session:

@@ -69,7 +69,8 @@ def classify(exc: BaseException, pool: str) -> StageError:
                           "STREAM_CUT")
     if isinstance(exc, ssl.SSLCertVerificationError):
         return StageError(f"pool `{pool}`: TLS certificate not trusted ({exc.verify_message}) — "
-                          "set ca_bundle for this pool (or verify_tls = false, not recommended)", False, "TLS")
+                          "set ca_bundle or tls_fingerprint for this pool (or insecure = true, not recommended)",
+                          False, "TLS")
     if isinstance(exc, (ConnectionError, socket.timeout, TimeoutError, http.client.HTTPException,
                         xmlrpc.client.ProtocolError, OSError, EOFError)):
         return StageError(f"pool `{pool}`: cannot reach the pool ({type(exc).__name__}: {exc})", True, "NETWORK")

@@ -12,6 +12,7 @@ import threading
 import urllib.parse
 
 from .errors import StreamCut
+from .tls import PinnedHTTPSConnection
 
 BUFFER = 4 << 20
 RING = 4
@@ -24,7 +25,7 @@ def open_get(base_url: str, path: str, query: dict, context, timeout: float = 30
     url = base_url.rstrip("/") + path + "?" + urllib.parse.urlencode(query)
     for _hop in range(MAX_REDIRECTS + 1):
         parts = urllib.parse.urlsplit(url)
-        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        cls = PinnedHTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
         kwargs = {"context": context} if parts.scheme == "https" else {}
         conn = cls(parts.hostname, parts.port, timeout=timeout, **kwargs)
         conn.request("GET", parts.path + ("?" + parts.query if parts.query else ""))

@@ -18,6 +18,8 @@ import socket
 import ssl
 import urllib.parse
 
+from . import tls
+
 PIECE = 1 << 20
 MAX_REDIRECTS = 3
 #: how long to wait for xapi's early answer before sending the body anyway
@@ -76,7 +78,11 @@ def _connect(parts, context, timeout: float):
     sock = socket.create_connection((parts.hostname, port), timeout=timeout)
     if parts.scheme == "https":
         ctx = context or ssl.create_default_context()
-        sock = ctx.wrap_socket(sock, server_hostname=parts.hostname)
+        try:
+            sock = tls.wrap(ctx, sock, parts.hostname)  # pin checked, if the pool has one
+        except BaseException:
+            sock.close()
+            raise
     return sock
 
 
