@@ -73,6 +73,8 @@ class LimitsConfig:
     export_time_limit_s: int = 6 * 3600
     stage_time_limit_s: int = 1800
     lease_s: int = 60
+    #: space the destination must keep free besides the backup being written (bytes)
+    reserve_free_bytes: int = 0
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import http.client
 import os
+import shutil
 import time
 
 import XenAPI
@@ -30,18 +31,42 @@ from . import manifest
 TRANSFER_ERRORS = (http.client.HTTPException, StreamCut, ConnectionError, TimeoutError)
 
 
-def run(xapi, ctx: dict, report, slots, dest: str) -> dict:
+def run(xapi, ctx: dict, report, slots, dest: str, reserve: int = 0) -> dict:
     paths = destination.backup_paths(ctx, dest)
     earlier = manifest.earlier_result(ctx, paths)
     if earlier:
         ctx["result"] = earlier
         return ctx
+    assert_room(dest, expected_size(xapi, ctx), reserve)
     with slots.hold(ctx["run"], "export") as beat:
         began = time.time()
         size, digest = download(xapi, "/export", {"ref": ctx["refs"]["backup_vm"]}, paths, report, beat)
         manifest.write(ctx, paths, size=size, sha256=digest, transfer_s=time.time() - began, xapi=xapi)
     ctx["result"] = {"path": paths["data"], "manifest": paths["manifest"], "size": size, "sha256": digest}
     return ctx
+
+
+def expected_size(xapi, ctx: dict) -> int:
+    """What the .xva will take: the data the disks hold, plus their always-written first and last
+    chunks and the tar's framing (a little over; never under for the simulator or a real pool)."""
+    x = xapi.x
+    total = 1 << 20
+    for vbd in x.VM.get_VBDs(ctx["refs"]["backup_vm"]):
+        vdi = x.VBD.get_VDI(vbd)
+        if vdi != "OpaqueRef:NULL" and x.VBD.get_type(vbd) == "Disk":
+            used = int(x.VDI.get_physical_utilisation(vdi))
+            total += min(used, int(x.VDI.get_virtual_size(vdi))) + (2 << 20) + used // 512
+    return total
+
+
+def assert_room(dest: str, needed: int, reserve: int) -> None:
+    """Checked before a long export starts, so a full disk fails in seconds, not hours."""
+    with _local(dest):
+        free = shutil.disk_usage(dest).free
+    if free - reserve < needed:
+        raise DestinationError(f"destination {dest} has {free / 1e9:.1f} GB free (keeping {reserve / 1e9:.1f} GB "
+                               f"in reserve) but this backup needs about {needed / 1e9:.1f} GB — free space, "
+                               "prune old backups (tinabs prune) or lower [limits] reserve_free_bytes")
 
 
 def download(xapi, handler: str, query: dict, paths: dict, report, beat, expect_tar_end: bool = True):
