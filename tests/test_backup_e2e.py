@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers.pool_checks import backupable_vms, litter, tinabs_objects
+from helpers.pool_checks import backupable_vms, litter, normalise as _norm, tinabs_objects
 from helpers.xva_parse import read_xva
 
 DEPLOYMENT_SIM_ARGS = ("--pools", "2", "--vms-per-pool", "5", "--disk-mib", "8")
@@ -24,18 +24,6 @@ SKELETON_FIELDS = (
     "actions_after_crash", "domain_type", "tags", "ha_restart_priority", "order", "start_delay",
     "shutdown_delay", "recommendations",
 )
-
-
-def _norm(value):
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _norm(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return sorted(_norm(v) for v in value)
-    return value
 
 
 def _skeleton(record: dict) -> dict:

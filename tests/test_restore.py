@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.pool_checks import backupable_vms, litter
+from helpers.pool_checks import backupable_vms, litter, normalise as _norm
 from helpers.xapi_http import counts, guest_write
 
 DEPLOYMENT_SIM_ARGS = ("--pools", "2", "--vms-per-pool", "4", "--disk-mib", "8")
@@ -36,18 +36,6 @@ def restore(dep, *args) -> dict:
     proc = tinabs(dep, "restore", *args, "--json")
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return json.loads(proc.stdout)
-
-
-def _norm(v):
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, (int, float)):
-        return str(v)
-    if isinstance(v, dict):
-        return {k: _norm(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return sorted(_norm(x) for x in v)
-    return v
 
 
 def skeleton(state: dict, vm: dict) -> dict:

@@ -33,3 +33,17 @@ def backupable_vms(state: dict, pool: str) -> list[dict]:
     return [r for r in state["pools"][pool]["VM"].values()
             if not (r["is_a_template"] or r["is_a_snapshot"] or r["is_control_domain"])
             and not r["name_label"].startswith("[tinabs]")]
+
+
+def normalise(value):
+    """Record values compared across the wire: ova.xml and XML-RPC send ints as strings, sets
+    in any order."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: normalise(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return sorted(normalise(v) for v in value)
+    return value

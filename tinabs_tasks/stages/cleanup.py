@@ -20,15 +20,17 @@ from . import markers
 
 def run(xapi, ctx: dict, report) -> dict:
     x = xapi.x
-    for copy in markers.find(x, "VDI", ctx["run"], markers.Role.SYSTEM_COPY):
-        other = x.VDI.get_other_config(copy)
-        if other.get(markers.KEEP) != "true":
-            x.VDI.set_other_config(copy, {**other, markers.KEEP: "true"})
-    remove_pool_objects(xapi, ctx["run"])
+    vdis = markers.find_records(x, "VDI", ctx["run"])  # one scan serves the keep marking and the removal
+    for copy, rec in vdis.items():
+        other = rec["other_config"]
+        if other.get(markers.ROLE) == markers.Role.SYSTEM_COPY and other.get(markers.KEEP) != "true":
+            other[markers.KEEP] = "true"
+            x.VDI.set_other_config(copy, other)
+    remove_pool_objects(xapi, ctx["run"], vdis=vdis)
     return ctx
 
 
-def remove_pool_objects(xapi, run: str, keep_kept: bool = True) -> list[str]:
+def remove_pool_objects(xapi, run: str, keep_kept: bool = True, vdis: dict | None = None) -> list[str]:
     """Destroy the run's VMs (never started) and VDIs (but kept ones, unless told); returns what
     this call destroyed.  Another compensation may be removing the same objects at the same time
     (a redelivered duplicate): an object gone at any step counts as removed by the other one."""
@@ -39,7 +41,9 @@ def remove_pool_objects(xapi, run: str, keep_kept: bool = True) -> list[str]:
             _ignore_gone(x.VM.hard_shutdown, vm)
         if _ignore_gone(x.VM.destroy, vm) is not _GONE:
             removed.append(vm)
-    for vdi, rec in markers.find_records(x, "VDI", run).items():
+    if vdis is None:
+        vdis = markers.find_records(x, "VDI", run)
+    for vdi, rec in vdis.items():
         if keep_kept and rec["other_config"].get(markers.KEEP) == "true":
             continue
         if _ignore_gone(x.VDI.destroy, vdi) is not _GONE:  # VDI.destroy also drops detached VBD records
