@@ -272,6 +272,76 @@ def test_expire_sessions_of_one_pool_only(sim):
         "SESSION_INVALID", b.handle]
 
 
+def test_expire_sessions_effect_fires_when_that_call_comes(sim):
+    # Given a fault that expires pool-a's sessions when VM.get_record is called, once
+    s = sim.session(0)
+    x = s.xenapi
+    vm = by_name(x, "VM", "db-01")
+    old = s.handle
+    sim.add_fault({"method": "VM.get_record", "expire_sessions": True, "pool": "pool-a", "times": 1})
+    # When other calls are made, the session still works
+    assert x.VM.get_all() and s.handle == old
+    # And when VM.get_record comes, that very call meets SESSION_INVALID (XenAPI logs in again by itself)
+    raw = raw_call(sim.pool(0)["master"], "VM.get_record", old, vm)
+    assert raw["ErrorDescription"] == ["SESSION_INVALID", old]
+    assert x.VM.get_record(vm)["name_label"] == "db-01" and s.handle != old
+    assert active_faults(sim) == []
+
+
+def test_expire_sessions_effect_on_a_handler_refuses_that_transfer(sim):
+    # Given a fault that expires the sessions when an export starts
+    x = sim.session(0).xenapi
+    session = sim.session(0)
+    vm = by_name(session.xenapi, "VM", "db-01")
+    task = session.xenapi.task.create("export", "")
+    sim.add_fault({"handler": "/export", "expire_sessions": True, "pool": "pool-a", "times": 1})
+    # When the export is requested with a session that was valid a moment ago
+    status, _headers, _body, _cut = http_get(export_url(sim, 0, session.handle, vm, task))
+    # Then it is refused as an unauthenticated request, and a new login exports fine
+    assert status == 401 and active_faults(sim) == []
+    assert x.VM.get_all()
+
+
+# -- outages -------------------------------------------------------------------------
+def test_a_pool_taken_offline_refuses_connections_then_comes_back(sim):
+    # Given a working session to pool-b, and pool-a untouched
+    b = sim.session(1)
+    vms_before = sorted(b.xenapi.VM.get_all())
+    assert vms_before
+    host, port = urllib.parse.urlsplit(sim.pool(1)["master"]).hostname, urllib.parse.urlsplit(
+        sim.pool(1)["master"]).port
+    # When pool-b goes offline for 2 seconds
+    status, reply = sim.control_call("POST", "/sim/pools/pool-b/offline", {"seconds": 2})
+    assert status == 200 and reply == {"pool": "pool-b", "offline_s": 2}
+    # Then new connections are refused and the open keep-alive session fails too, while pool-a answers
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((host, port), timeout=2).close()
+    with pytest.raises((ConnectionError, OSError)):
+        b.xenapi.VM.get_all()
+    assert sim.session(0).xenapi.VM.get_all()
+    # And a second outage of the same pool is refused while it lasts
+    assert sim.control_call("POST", "/sim/pools/pool-b/offline", {"seconds": 1})[0] == 409
+    # And after the outage the pool serves again, with its state as before
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            vms_after = sorted(sim.session(1).xenapi.VM.get_all())
+            break
+        except (ConnectionError, OSError):
+            assert time.monotonic() < deadline, "pool-b never came back"
+            time.sleep(0.2)
+    assert vms_after == vms_before
+
+
+@pytest.mark.parametrize("path,body", [("/sim/pools/pool-z/offline", {"seconds": 1}),
+                                       ("/sim/pools/pool-a/offline", {"seconds": 0}),
+                                       ("/sim/pools/pool-a/offline", {"seconds": "5"}),
+                                       ("/sim/pools/pool-a/offline", {})])
+def test_offline_with_nonsense_is_refused(sim, path, body):
+    status, reply = sim.control_call("POST", path, body)
+    assert status in (400, 404) and reply["error"]
+
+
 # -- filters and counting ----------------------------------------------------------
 def test_pool_filter_fires_only_in_that_pool(sim):
     # Given a fault on VM.get_all in pool-b only
@@ -367,6 +437,8 @@ BAD_SPECS = {
     "arg not a string": {**GOOD, "arg": 3},
     "expire with extras": {"expire_sessions": True, "times": 1},
     "expire false": {"expire_sessions": False},
+    "expire effect with an error": {"method": "VM.get_all", "expire_sessions": True, "error": SM_FAULT},
+    "expire effect false": {"handler": "/export", "expire_sessions": False},
 }
 
 

@@ -2,6 +2,8 @@
 
 ``GET /sim/state``                 every object of every class of every pool
 ``GET|POST|DELETE /sim/faults``    list, add (see ..faults), clear faults
+``POST /sim/pools/<pool>/offline`` {"seconds": N}: the pool refuses connections (and resets
+                                   open ones) for N seconds, then serves again as before
 ``GET /sim/vdi/<uuid>``            {pool, sha256, virtual_size, nonzero_bytes}
 ``GET /sim/vdi/<uuid>/data``       the VDI's raw bytes
 ``POST /sim/vdi/<uuid>/write``     a guest write: {"offset": int, "hex": "..."}
@@ -91,6 +93,8 @@ class ControlHandler(BaseHTTPRequestHandler):
                 return self._add_faults(self._body_json())
             if len(parts) == 4 and parts[:2] == ["sim", "vdi"] and parts[3] == "write":
                 return self._write(parts[2], self._body_json())
+            if len(parts) == 4 and parts[:2] == ["sim", "pools"] and parts[3] == "offline":
+                return self._offline(parts[2], self._body_json())
         except FaultSpecError as exc:
             return self._json(400, {"error": str(exc)})
         self._json(404, {"error": f"no such control endpoint {self.path}"})
@@ -108,12 +112,23 @@ class ControlHandler(BaseHTTPRequestHandler):
         parsed = [parse_spec(spec, self.sim.pools) for spec in specs]  # all or nothing
         ids, expired = [], 0
         for spec in parsed:
-            if "expire_sessions" in spec:
+            if "expire_sessions" in spec and not {"method", "handler"} & set(spec):  # now, not on a call
                 expired += sum(p.expire_sessions() for name, p in self.sim.pools.items()
                                if spec.get("pool") in (None, name))
             else:
                 ids.append(self.sim.faults.add(spec))
         self._json(200, {"ids": ids, "expired_sessions": expired})
+
+    def _offline(self, name: str, body) -> None:
+        if name not in self.sim.pools:
+            return self._json(404, {"error": f"unknown pool {name!r}; pools: {sorted(self.sim.pools)}"})
+        seconds = body.get("seconds") if isinstance(body, dict) else None
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= 3600:
+            raise FaultSpecError('body is {"seconds": N} with 0 < N <= 3600')
+        if name in self.sim.offline_pools():
+            return self._json(409, {"error": f"pool {name} is already offline"})
+        self.sim.take_offline(name, float(seconds))
+        self._json(200, {"pool": name, "offline_s": seconds})
 
     def _find_vdi(self, uuid: str):
         for pool in self.sim.pools.values():

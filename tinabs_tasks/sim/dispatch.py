@@ -65,6 +65,10 @@ def call(pool, host_ref: str, method: str, params: list):
     impl = OPS.get(name)
     if impl is None and not m.is_implicit(msg):
         raise XapiError("MESSAGE_METHOD_UNKNOWN", method)
+    if takes_session and pool.faults.take(pool.name, method=name, expiring=True,
+                                          arg_matches=lambda value: _arg_matches(Ctx(pool, None, host_ref), args,
+                                                                                 value)):
+        pool.expire_sessions()  # a session that timed out just now: this call meets SESSION_INVALID
     session = pool.check_session(params[0] if params else None) if takes_session else None
     if is_async and not m.has_async(msg):
         raise _NoAsync(name)

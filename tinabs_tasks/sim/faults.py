@@ -13,6 +13,10 @@ A fault spec is a JSON object (or a list of them).  Exactly one trigger:
 
 Effects (at least one with ``method``/``handler``):
 
+``"expire_sessions": true``          expire the pool's sessions just before the
+                                     call checks its own, so this very call
+                                     meets an expired session (a session that
+                                     timed out mid-chain), nothing else.
 ``"error": ["CODE", "param", ...]``  fail with this XAPI error.
 ``"delay_s": 30``                    stall this long first (cancellable).
 ``"drop_after_bytes": 5000000``      handlers only: cut the connection after
@@ -53,6 +57,7 @@ class Fault:
     times: int | None = None
     pool: str | None = None
     arg: str | None = None
+    expire_sessions: bool = False
     fired: int = 0
     spec: dict = field(default_factory=dict)
 
@@ -76,12 +81,12 @@ def parse_spec(spec, pool_names) -> dict:
     unknown = set(spec) - _KEYS
     if unknown:
         raise FaultSpecError(f"unknown keys {sorted(unknown)}; allowed: {sorted(_KEYS)}")
-    triggers = [k for k in ("method", "handler", "expire_sessions") if k in spec]
+    triggers = [k for k in ("method", "handler") if k in spec] or [k for k in ("expire_sessions",) if k in spec]
     if len(triggers) != 1:
         raise FaultSpecError("give exactly one of 'method', 'handler', 'expire_sessions'")
     if "pool" in spec and spec["pool"] not in pool_names:
         raise FaultSpecError(f"unknown pool {spec['pool']!r}; pools: {sorted(pool_names)}")
-    if "expire_sessions" in spec:
+    if triggers == ["expire_sessions"]:
         if spec["expire_sessions"] is not True or set(spec) - {"expire_sessions", "pool"}:
             raise FaultSpecError("'expire_sessions' takes true and optionally 'pool', nothing else")
         return spec
@@ -91,8 +96,11 @@ def parse_spec(spec, pool_names) -> dict:
             raise FaultSpecError("'drop_after_bytes' applies to handlers, not XML-RPC methods")
     elif spec["handler"] not in HANDLERS:
         raise FaultSpecError(f"unknown handler {spec['handler']!r}; one of {list(HANDLERS)}")
-    if not {"error", "delay_s", "drop_after_bytes"} & set(spec):
-        raise FaultSpecError("give at least one effect: 'error', 'delay_s' or 'drop_after_bytes'")
+    if not {"error", "delay_s", "drop_after_bytes", "expire_sessions"} & set(spec):
+        raise FaultSpecError("give at least one effect: 'error', 'delay_s', 'drop_after_bytes' or 'expire_sessions'")
+    if "expire_sessions" in spec:
+        if spec["expire_sessions"] is not True or {"error", "delay_s", "drop_after_bytes"} & set(spec):
+            raise FaultSpecError("'expire_sessions' as an effect takes true and no other effect")
     _check_effects(spec)
     return spec
 
@@ -134,7 +142,8 @@ class FaultRegistry:
                 id=next(self._ids), method=normalize_method(spec["method"]) if "method" in spec else None,
                 handler=spec.get("handler"), error=spec.get("error"), delay_s=float(spec.get("delay_s", 0)),
                 drop_after_bytes=spec.get("drop_after_bytes"), times=spec.get("times"),
-                pool=spec.get("pool"), arg=spec.get("arg"), spec=dict(spec))
+                pool=spec.get("pool"), arg=spec.get("arg"), expire_sessions=bool(spec.get("expire_sessions")),
+                spec=dict(spec))
             self._faults.append(fault)
             return fault.id
 
@@ -147,10 +156,15 @@ class FaultRegistry:
             return [f.as_json() for f in self._faults]
 
     def take(self, pool: str, *, method: str | None = None, handler: str | None = None,
-             arg_matches=lambda value: False) -> Fault | None:
-        """The first matching fault, counted as fired (and dropped when used up)."""
+             arg_matches=lambda value: False, expiring: bool = False) -> Fault | None:
+        """The first matching fault, counted as fired (and dropped when used up).
+
+        ``expiring`` picks the session-expiry faults, which fire before the session
+        check; the others fire once the call is authenticated."""
         with self._lock:
             for fault in self._faults:
+                if fault.expire_sessions != expiring:
+                    continue
                 if fault.pool not in (None, pool):
                     continue
                 if method is not None and fault.method != method:

@@ -129,6 +129,8 @@ class HostHandler(BaseHTTPRequestHandler):
         """(query, task) after auth; None when a reply was already sent."""
         query = self._query()
         task_ref = query.get("task_id") if self.pool.store.exists("task", query.get("task_id")) else None
+        if self.pool.faults.take(self.pool.name, handler=handler, expiring=True):
+            self.pool.expire_sessions()  # the session timed out just before this transfer
         if self._session(query) is None:
             self._fail(401, task_ref, XapiError("SESSION_AUTHENTICATION_FAILED"))
             return None

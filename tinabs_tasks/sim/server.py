@@ -37,6 +37,8 @@ class _Server(ThreadingHTTPServer):
 class HostServer(_Server):
     def __init__(self, address, pool: SimPool, host_ref: str, tls: ssl.SSLContext | None = None):
         self.pool, self.host_ref = pool, host_ref
+        self._open: set = set()  # accepted connections, so an outage can cut them too
+        self._open_lock = threading.Lock()
         super().__init__(address, HostHandler)
         if tls is not None:
             # the handshake happens on the first read, in the request's own thread:
@@ -49,9 +51,27 @@ class HostServer(_Server):
             return
         super().handle_error(request, client_address)
 
+    def process_request(self, request, client_address):
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
     def shutdown_request(self, request):
+        with self._open_lock:
+            self._open.discard(request)
         _drain_before_reset(request)
         super().shutdown_request(request)
+
+    def cut_connections(self) -> None:
+        """What a rebooting host does to its clients: every open connection is reset."""
+        with self._open_lock:
+            cut, self._open = list(self._open), set()
+        for sock in cut:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 def _drain_before_reset(sock, timeout: float = 10.0) -> None:
@@ -95,6 +115,8 @@ class Simulator:
         self.scratch = tempfile.mkdtemp(prefix="tinabs-sim-")
         self.pools: dict[str, SimPool] = {}
         self._servers: list[_Server] = []
+        self._pool_servers: dict[str, list[HostServer]] = {}
+        self._outage_lock = threading.Lock()
         self._base_port = port
         latency, self.settings.latency_s = self.settings.latency_s, 0.0  # building the inventory is not a call
         for k in range(pools):
@@ -139,6 +161,7 @@ class Simulator:
             for host in pool.hosts.values():
                 host.port = chosen
             self._servers.extend(bound)
+            self._pool_servers[pool.name] = bound
             return
         raise OSError(f"no free port for pool {pool.name}")
 
@@ -158,6 +181,36 @@ class Simulator:
                        "username": p.username, "password": p.password} for p in self.pools.values()],
             "control": "http://127.0.0.1:%d" % self.control.server_address[1],
         }
+
+    def take_offline(self, name: str, seconds: float) -> None:
+        """The pool stops answering for ``seconds``: its hosts' ports refuse connections and open
+        connections are reset (a master rebooting, a switch down), then it comes back as it was."""
+        with self._outage_lock:
+            servers = self._pool_servers.get(name)
+            if not servers:
+                raise KeyError(name)
+            self._pool_servers[name] = []
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+            server.cut_connections()
+            self._servers.remove(server)
+        timer = threading.Timer(seconds, self._bring_online, args=(name, servers))
+        timer.daemon = True
+        timer.start()
+
+    def _bring_online(self, name: str, old: list[HostServer]) -> None:
+        pool = self.pools[name]
+        back = [HostServer(s.server_address, pool, s.host_ref, self.tls) for s in old]
+        with self._outage_lock:
+            self._pool_servers[name] = back
+        self._servers.extend(back)
+        for server in back:
+            threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
+
+    def offline_pools(self) -> list[str]:
+        with self._outage_lock:
+            return sorted(name for name, servers in self._pool_servers.items() if not servers)
 
     def state(self) -> dict:
         return {"pools": {name: pool_state(pool) for name, pool in self.pools.items()}}
