@@ -1,20 +1,24 @@
 """The tinabs config file (TOML): load, validate, explain what is wrong.
 
-Secrets are never inline by default: each pool names ``password_env`` or
-``password_file`` (mode checked: a password file readable by others is
-refused).  ``TINABS_BROKER_URL`` / ``TINABS_RESULT_BACKEND`` override the
+Secrets are never inline by default: each pool names ``password_env``,
+``password_file`` or ``password_secret`` (a file in the secrets directory, as
+Docker secrets and systemd credentials provide them); a password file readable
+by others is refused.  ``TINABS_BROKER_URL`` / ``TINABS_RESULT_BACKEND`` override the
 broker so one file serves several deployments.
 """
 from __future__ import annotations
 
 import os
-import stat
 import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
+
+from .secret_files import SecretError, read_password_file, read_secret
 
 MODES = ("export", "sr-copy")
 DEFAULT_PATH = "/etc/tinabs/tinabs.toml"
+#: where ``password_secret`` files are looked for when nothing says otherwise (Docker's secrets)
+DEFAULT_SECRETS_DIR = "/run/secrets"
+PASSWORD_SOURCES = ("password_secret", "password_env", "password_file")
 
 
 class ConfigError(Exception):
@@ -28,6 +32,11 @@ class PoolConfig:
     username: str
     password_env: str | None = None
     password_file: str | None = None
+    #: a file name in ``secrets_dir`` (``/run/secrets/<name>``, ``$CREDENTIALS_DIRECTORY/<name>``)
+    password_secret: str | None = None
+    secrets_dir: str = DEFAULT_SECRETS_DIR
+    #: what chose ``secrets_dir``, for messages: "TINABS_SECRETS_DIR", "secrets_dir in FILE", ...
+    secrets_dir_from: str = "the default"
     password: str | None = field(default=None, repr=False)  # only with allow_inline_password
     ca_bundle: str | None = None
     #: ``sha256:AB:CD:...``: trust exactly this server certificate (no CA check)
@@ -47,18 +56,35 @@ class PoolConfig:
     def queue(self) -> str:
         return f"tinabs.pool.{self.name}"
 
+    @property
+    def password_source(self) -> str:
+        """Where the password comes from, for messages (never the password itself)."""
+        if self.password_env:
+            return f"environment variable {self.password_env}"
+        if self.password_file:
+            return f"password file {self.password_file}"
+        if self.password_secret:
+            return f"secret `{self.password_secret}` in {self.secrets_dir} (from {self.secrets_dir_from})"
+        return "inline password (allow_inline_password = true)"
+
     def resolve_password(self) -> str:
         """The password, read now (never stored in task arguments or state)."""
-        if self.password_env:
-            value = os.environ.get(self.password_env)
-            if not value:
-                raise ConfigError(f"pool `{self.name}`: environment variable {self.password_env} is not set")
-            return value
-        if self.password_file:
-            return read_secret_file(self.password_file, f"pool `{self.name}`")
+        try:
+            if self.password_env:
+                value = os.environ.get(self.password_env)
+                if not value:
+                    raise SecretError(f"environment variable {self.password_env} is not set")
+                return value
+            if self.password_file:
+                return read_password_file(self.password_file)
+            if self.password_secret:
+                return read_secret(self.secrets_dir, self.password_secret, self.secrets_dir_from)
+        except SecretError as exc:
+            raise ConfigError(f"pool `{self.name}`: {exc}") from None
         if self.password is not None:
             return self.password
-        raise ConfigError(f"pool `{self.name}`: no password source (set password_env or password_file)")
+        raise ConfigError(f"pool `{self.name}`: no password source (set password_secret, password_env or "
+                          "password_file)")
 
 
 @dataclass(frozen=True)
@@ -66,6 +92,9 @@ class RetryConfig:
     max_retries: int = 5
     backoff_base_s: float = 2.0
     backoff_max_s: float = 120.0
+    #: how long a pool may refuse connections or time out before a stage gives up on it (a
+    #: master reboot or a network cut); counted in time, not retries, and twice that for cleanup
+    unreachable_wait_s: float = 900.0
 
 
 @dataclass(frozen=True)
@@ -75,6 +104,12 @@ class LimitsConfig:
     lease_s: int = 60
     #: space the destination must keep free besides the backup being written (bytes)
     reserve_free_bytes: int = 0
+    #: Redis redelivers a task unacknowledged this long (a worker that died mid-stage);
+    #: 0 = longer than the longest time limit, so a live worker's task is never redelivered.
+    #: Shorter resumes a killed worker's work sooner: the stage guard keeps the copy waiting.
+    visibility_timeout_s: int = 0
+    #: how long job/run state and task results stay in Redis (seconds; default a week)
+    state_ttl_s: int = 7 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -119,27 +154,25 @@ class Config:
 
 
 _TOP = {"broker_url", "result_backend", "destination", "default_mode", "pools", "retry", "limits",
-        "retention", "janitor"}
-_POOL = {"master", "username", "password_env", "password_file", "password", "allow_inline_password",
+        "retention", "janitor", "secrets_dir"}
+_POOL = {"master", "username", *PASSWORD_SOURCES, "password", "allow_inline_password",
          "verify_tls", "insecure", "ca_bundle", "tls_fingerprint", "shared_sr", "backup_sr", "max_concurrent_exports"}
 
 
-def read_secret_file(path: str, what: str) -> str:
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise ConfigError(f"{what}: cannot read password file {path}: {exc.strerror}") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"{what}: password file {path} is readable by others "
-                          f"(mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {path}")
-    try:
-        value = Path(path).read_text().strip()
-    except (OSError, UnicodeDecodeError) as exc:  # a directory, unreadable, or not text
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise ConfigError(f"{what}: cannot read password file {path}: {reason}") from None
-    if not value:
-        raise ConfigError(f"{what}: password file {path} is empty")
-    return value
+def secrets_dir(raw: dict, path: str) -> tuple[str, str]:
+    """(directory, what chose it): $TINABS_SECRETS_DIR, then the file's ``secrets_dir``, then systemd's
+    $CREDENTIALS_DIRECTORY (set by LoadCredential=), then Docker's /run/secrets."""
+    if "secrets_dir" in raw:
+        _str(raw, "secrets_dir", path)
+    choices = (("TINABS_SECRETS_DIR", os.environ.get("TINABS_SECRETS_DIR")),
+               (f"secrets_dir in {path}", raw.get("secrets_dir")),
+               ("CREDENTIALS_DIRECTORY", os.environ.get("CREDENTIALS_DIRECTORY")))
+    for origin, value in choices:
+        if value:  # an empty variable counts as unset
+            if not os.path.isabs(value):
+                raise ConfigError(f"{origin}: the secrets directory must be an absolute path, got {value!r}")
+            return value, origin
+    return DEFAULT_SECRETS_DIR, "the default"
 
 
 def config_path(explicit: str | None = None) -> str:
@@ -175,7 +208,8 @@ def parse(raw: dict, path: str = "<config>") -> Config:
     pools_raw = raw.get("pools")
     if not isinstance(pools_raw, dict) or not pools_raw:
         raise ConfigError(f"{path}: no pools configured; add a [pools.NAME] table")
-    pools = {name: _pool(name, table, path) for name, table in pools_raw.items()}
+    secrets = secrets_dir(raw, path)
+    pools = {name: _pool(name, table, path, secrets) for name, table in pools_raw.items()}
     return Config(broker_url=broker, result_backend=backend, destination=destination, pools=pools,
                   default_mode=mode, retry=_section(raw, "retry", RetryConfig, path),
                   limits=_section(raw, "limits", LimitsConfig, path),
@@ -192,20 +226,15 @@ def _retention(raw: dict, path: str) -> RetentionConfig:
     return _section(raw, "retention", RetentionConfig, path)
 
 
-def _pool(name: str, table, path: str) -> PoolConfig:
+def _pool(name: str, table, path: str, secrets: tuple[str, str]) -> PoolConfig:
     where = f"{path}: [pools.{name}]"
     if not isinstance(table, dict):
         raise ConfigError(f"{where} must be a table")
     if not name.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"{where}: pool names use letters, digits, '-' and '_' only")
     _no_unknown(table, _POOL, where)
-    sources = [k for k in ("password_env", "password_file", "password") if k in table]
-    if len(sources) != 1:
-        raise ConfigError(f"{where}: give exactly one of password_env or password_file (found {sources or 'none'})")
-    if "password" in table and table.get("allow_inline_password") is not True:
-        raise ConfigError(f"{where}: inline passwords are refused; use password_env or password_file "
-                          "(or set allow_inline_password = true if you really must)")
-    for key in ("password_env", "password_file", "password", "ca_bundle", "tls_fingerprint"):
+    _check_password_source(table, where)
+    for key in ("ca_bundle", "tls_fingerprint"):
         _str(table, key, where)  # checked now: a wrong type would only fail later, in a worker
     if not isinstance(table.get("backup_sr", ""), str):  # "" is allowed: no sr-copy for this pool
         raise ConfigError(f"{where}: `backup_sr` must be a string")
@@ -230,9 +259,27 @@ def _pool(name: str, table, path: str) -> PoolConfig:
     return PoolConfig(
         name=name, master=master.rstrip("/"), username=_str(table, "username", where, required=True),
         password_env=table.get("password_env"), password_file=table.get("password_file"),
+        password_secret=table.get("password_secret"), secrets_dir=secrets[0], secrets_dir_from=secrets[1],
         password=table.get("password"), insecure=insecure, tls_fingerprint=fingerprint,
         ca_bundle=table.get("ca_bundle"), shared_sr=_str(table, "shared_sr", where, required=True),
         backup_sr=table.get("backup_sr", ""), max_concurrent_exports=limit)
+
+
+def _check_password_source(table: dict, where: str) -> None:
+    """Exactly one source; the password itself is read only when a login needs it."""
+    sources = [k for k in (*PASSWORD_SOURCES, "password") if k in table]
+    if len(sources) != 1:
+        raise ConfigError(f"{where}: give exactly one of password_secret, password_env or password_file "
+                          f"(found {', '.join(sources) if sources else 'none'})")
+    if "password" in table and table.get("allow_inline_password") is not True:
+        raise ConfigError(f"{where}: inline passwords are refused; use password_secret, password_env or "
+                          "password_file (or set allow_inline_password = true if you really must)")
+    _str(table, sources[0], where)
+    name = table.get("password_secret")
+    # a name in the secrets directory, never a path that could lead out of it
+    if name is not None and ("/" in name or "\0" in name or name in (".", "..")):
+        raise ConfigError(f"{where}: password_secret is a file name in the secrets directory, not a path "
+                          f"(got {name!r}); put the file there and give its name, or use password_file")
 
 
 def _insecure(table: dict, where: str) -> bool:

@@ -1,7 +1,10 @@
 """Start and stop a private redis-server for the test suite.
 
 Never touches the system Redis on 6379: each RedisProc picks a free loopback
-port, keeps no persistence and works in its own directory.
+port, keeps no persistence and works in its own directory.  Optionally it
+requires a password (``password=``, kept in a 0600 config file, off the command
+line) and speaks only TLS (``tls={"cert", "key", "ca"}``); ``url``/``url_for``
+then carry the password and the TLS parameters clients need.
 """
 from __future__ import annotations
 
@@ -11,7 +14,10 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.parse
 from pathlib import Path
+
+import redis
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 10.0
@@ -42,6 +48,13 @@ def find_redis_server() -> str:
     )
 
 
+def tls_supported(binary: str) -> bool:
+    """Whether this redis-server was built with TLS (a build without it refuses `tls-port`)."""
+    proc = subprocess.run([binary, "--port", "0", "--tls-port", "0", "--save", ""], capture_output=True,
+                          text=True, timeout=10, stdin=subprocess.DEVNULL)
+    return "not listen anywhere" in proc.stdout + proc.stderr
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((HOST, 0))
@@ -58,7 +71,9 @@ def ping(host: str, port: int, timeout: float = 0.5) -> bool:
 
 
 class RedisProc:
-    def __init__(self, workdir: Path, binary: str | None = None, port: int | None = None):
+    def __init__(self, workdir: Path, binary: str | None = None, port: int | None = None,
+                 password: str | None = None, tls: dict | None = None):
+        self.password, self.tls = password, tls
         self.binary = binary or find_redis_server()
         self.host = HOST
         self.port = port or free_port()
@@ -71,18 +86,56 @@ class RedisProc:
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        return self.url_for(0)
+
+    def url_for(self, db: int, password: str | None = None) -> str:
+        """A client URL for DB ``db`` (with the server's password unless another is given)."""
+        password = self.password if password is None else password
+        auth = f":{urllib.parse.quote(password, safe='')}@" if password else ""
+        if not self.tls:
+            return f"redis://{auth}{self.host}:{self.port}/{db}"
+        query = urllib.parse.urlencode({"ssl_cert_reqs": "required", "ssl_ca_certs": self.tls["ca"]})
+        return f"rediss://{auth}{self.host}:{self.port}/{db}?{query}"
+
+    def _alive(self) -> bool:
+        if not (self.password or self.tls):
+            return ping(self.host, self.port)
+        client = redis.Redis.from_url(self.url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        try:
+            return client.ping()
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    def _auth_config(self) -> list[str]:
+        """The password in a 0600 config file, off the command line (redis-server wants it first)."""
+        if not self.password:
+            return []
+        conf = self.dir / "redis-auth.conf"
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f'requirepass "{self.password}"\n')
+        return [str(conf)]
+
+    def _listen_args(self) -> list[str]:
+        if not self.tls:
+            return ["--port", str(self.port)]
+        return ["--port", "0", "--tls-port", str(self.port),  # TLS only: no plaintext port at all
+                "--tls-cert-file", self.tls["cert"], "--tls-key-file", self.tls["key"],
+                "--tls-ca-cert-file", self.tls["ca"], "--tls-auth-clients", "no"]
 
     def start(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             return
         argv = [
             self.binary,
+            *self._auth_config(),
             "--save", "",
             "--appendonly", "no",
             "--dir", str(self.dir),
             "--bind", self.host,
-            "--port", str(self.port),
+            *self._listen_args(),
             "--daemonize", "no",
         ]
         log = open(self.log_path, "ab")
@@ -97,7 +150,7 @@ class RedisProc:
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 break
-            if ping(self.host, self.port):
+            if self._alive():
                 return
             time.sleep(0.05)
         rc = self._proc.poll()

@@ -12,13 +12,15 @@ READY_TIMEOUT = 30.0
 
 
 class WorkerProc:
-    def __init__(self, name: str, env: dict, logdir: Path, concurrency: int = 2, queues: list[str] | None = None):
+    def __init__(self, name: str, env: dict, logdir: Path, concurrency: int = 2, queues: list[str] | None = None,
+                 loglevel: str = "info"):
         self.name, self.env, self.concurrency, self.queues = name, env, concurrency, queues
+        self.loglevel = loglevel
         self.log_path = Path(logdir) / f"worker-{name}.log"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "WorkerProc":
-        argv = [sys.executable, "-m", "celery", "-A", "tinabs_tasks", "worker", "-l", "info",
+        argv = [sys.executable, "-m", "celery", "-A", "tinabs_tasks", "worker", "-l", self.loglevel,
                 "-c", str(self.concurrency), "-n", f"{self.name}@%h", "--without-mingle", "--without-gossip"]
         if self.queues:
             argv += ["-Q", ",".join(self.queues)]

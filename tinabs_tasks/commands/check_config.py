@@ -58,6 +58,7 @@ def check_pool(pool) -> int:
         return 1
     problems = 0
     print(f"  pool `{pool.name}`: logged in to {xapi.base_url}")
+    print(f"    password: {pool.password_source}")
     for key in ("shared_sr", "backup_sr"):
         wanted = getattr(pool, key)
         if not wanted:
