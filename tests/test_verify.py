@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -25,6 +26,7 @@ from tinabs_tasks.commands import verify as verify_cmd
 from tinabs_tasks.commands.common import UserError, fail
 from tinabs_tasks.stages.skeleton_fields import summary
 from tinabs_tasks.verify import verify_all, verify_backup
+from tinabs_tasks.xva_headers import header_problems
 
 MiB = 1 << 20
 ROOT = Path(__file__).resolve().parents[1]
@@ -375,3 +377,189 @@ def test_verifying_a_512_mib_disk_backup_stays_small(fresh_sim, tmp_path):
     assert result["ok"], result["problems"]
     assert result["chunks"] >= 512 and size > 512 * MiB
     assert result["rss_kb"] < 150 * 1024, f"peak RSS {result['rss_kb']} KiB verifying {size} bytes"
+
+
+# -- hostile archives: member types and names xapi never writes ---------------------
+def raw_member(info: tarfile.TarInfo, body: bytes = b"", fmt=tarfile.USTAR_FORMAT) -> list:
+    """A member from a TarInfo as ``fmt`` writes it (GNU and pax add an extension header first)."""
+    info.size = len(body) if info.type in (tarfile.REGTYPE, tarfile.AREGTYPE) else 0
+    head = info.tobuf(format=fmt, encoding="utf-8", errors="surrogateescape")
+    return [info.name, head, body + bytes(-len(body) % 512)]
+
+
+def raw_name_member(name: bytes, body: bytes) -> list:
+    """A regular member whose 100-byte name field holds exactly ``name`` (NULs, bytes that are not UTF-8)."""
+    block = bytearray(header("placeholder", len(body)))
+    block[0:100] = name.ljust(100, b"\0")
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return [name, bytes(block), body + bytes(-len(body) % 512)]
+
+
+def info(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "") -> tarfile.TarInfo:
+    out = tarfile.TarInfo(name)
+    out.type, out.linkname = kind, linkname
+    if kind in (tarfile.CHRTYPE, tarfile.BLKTYPE):
+        out.devmajor, out.devminor = 1, 5  # /dev/zero's numbers
+    return out
+
+
+LONG_UP = "../" * 60 + "x"
+HOSTILE_MEMBERS = {
+    "symlink": (lambda: raw_member(info("Ref:9/00000000", tarfile.SYMTYPE, "/etc/shadow")),
+                ["member 'Ref:9/00000000' is a symlink to '/etc/shadow', not a regular file (tar type b'2')"]),
+    "hardlink": (lambda: raw_member(info("x", tarfile.LNKTYPE, "../../etc/passwd")),
+                 ["member 'x' is a hard link to '../../etc/passwd', not a regular file (tar type b'1')"]),
+    "char-device": (lambda: raw_member(info("dev-zero", tarfile.CHRTYPE)),
+                    ["member 'dev-zero' is a character device, not a regular file (tar type b'3')"]),
+    "block-device": (lambda: raw_member(info("sda", tarfile.BLKTYPE)),
+                     ["member 'sda' is a block device, not a regular file (tar type b'4')"]),
+    "fifo": (lambda: raw_member(info("pipe", tarfile.FIFOTYPE)),
+             ["member 'pipe' is a FIFO, not a regular file (tar type b'6')"]),
+    "directory": (lambda: raw_member(info("Ref:1", tarfile.DIRTYPE)),
+                  ["member 'Ref:1' is a directory, not a regular file (tar type b'5')"]),
+    "absolute-through-ustar-prefix": (
+        lambda: raw_member(info("/" + "d" * 120 + "/passwd"), b"root::0:0\n"),
+        ["member name '/" + "d" * 120 + "/passwd' is absolute"]),
+    "gnu-long-name": (
+        lambda: raw_member(info(LONG_UP), b"x", tarfile.GNU_FORMAT),
+        ["member '././@LongLink' is a GNU long-name header, not a regular file (tar type b'L')",
+         f"member name {LONG_UP[:100]!r} escapes"]),
+    "pax-path": (
+        lambda: raw_member(_pax("harmless", "../../etc/passwd"), b"x", tarfile.PAX_FORMAT),
+        ["member '././@PaxHeader' is a pax header, not a regular file (tar type b'x')",
+         "unexpected member 'harmless'"]),
+    "unicode-digits": (lambda: raw_member(info("Ref:1/\uff10\uff10\uff10\uff10\uff10\uff10\uff10\uff11"), b"x"),
+                       ["unexpected member 'Ref:1/\uff10\uff10\uff10\uff10\uff10\uff10\uff10\uff11'"]),
+    "trailing-newline": (lambda: raw_member(info("Ref:1/00000099\n"), b"x"),
+                         ["unexpected member 'Ref:1/00000099\\n'"]),
+    "not-utf8": (lambda: raw_name_member(b"Ref:1/\xff\xfe", b"x"), ["unexpected member 'Ref:1/\\udcff\\udcfe'"]),
+    "nul-inside-name": (lambda: raw_name_member(b"ova.xml\0/../../x", b"<value/>"), ["ova.xml appears twice"]),
+    "backslashes": (lambda: raw_member(info("..\\..\\x"), b"x"), ["member name '..\\\\..\\\\x' escapes"]),
+}
+
+
+def _pax(name: str, path: str) -> tarfile.TarInfo:
+    """A member whose pax header says its path is ``path`` (tar would extract it there)."""
+    out = info(name)
+    out.pax_headers = {"path": path}
+    return out
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_MEMBERS))
+def test_hostile_member_types_and_names_are_rejected(backup, case):
+    # Given a real export with one hostile member appended (size and sha256 match the manifest)
+    make, expected = HOSTILE_MEMBERS[case]
+    manifest = backup()
+    data = data_of(manifest)
+    rewrite(data, members(data) + [make()])
+    refresh(manifest)
+    # When verifying it, then exactly that member is named, with what is wrong with it
+    report = verify_backup(str(manifest))
+    assert report.problems == expected
+    # And the walk over headers alone that a restore makes before it sends anything says the same
+    assert header_problems(str(data)) == expected
+
+
+def test_the_header_walk_passes_a_real_export_and_catches_ova_xml_out_of_place(backup):
+    manifest = backup()
+    data = data_of(manifest)
+    assert header_problems(str(data)) == []
+    parts = members(data)
+    rewrite(data, parts[1:] + parts[:1])  # ova.xml last; chunk data unchanged
+    assert header_problems(str(data)) == [f"ova.xml is not the first member (found {parts[1][0]!r})"]
+    with open(data, "r+b") as fh:
+        fh.truncate(data.stat().st_size - 1536)
+    assert header_problems(str(data))[-1].startswith("file is truncated: no end-of-archive blocks after ")
+
+
+# -- hostile files in the destination: links, FIFOs, names that point elsewhere -------
+def test_a_symlinked_data_file_is_not_followed(backup, tmp_path):
+    # Given a manifest whose data file is a symlink to a copy kept outside the destination
+    manifest = backup()
+    data = data_of(manifest)
+    outside = tmp_path / "outside.xva"
+    outside.write_bytes(data.read_bytes())
+    data.unlink()
+    data.symlink_to(outside)
+    before = outside.read_bytes()
+    # When verifying it (recording the verdict)
+    report = verify_backup(str(manifest), record=True)
+    # Then it fails without a byte of the outside file read, and the outside file is untouched
+    assert report.problems == [f"data file {data.name} is a symlink: not followed, not read "
+                               "(tinabs writes only regular files)"]
+    assert report.bytes == 0 and outside.read_bytes() == before
+    assert json.loads(manifest.read_text())["verified"]["state"] == "failed"
+
+
+def test_a_fifo_as_data_file_fails_at_once_instead_of_hanging(backup):
+    manifest = backup()
+    data = data_of(manifest)
+    data.unlink()
+    os.mkfifo(data)  # opened for reading, a FIFO without a writer blocks forever
+    code = ("import json, sys; from tinabs_tasks.verify import verify_backup; "
+            "print(json.dumps(verify_backup(sys.argv[1]).problems))")
+    proc = subprocess.run([sys.executable, "-c", code, str(manifest)], capture_output=True, text=True,
+                          timeout=20, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == [f"data file {data.name} is a FIFO: not followed, not read "
+                                       "(tinabs writes only regular files)"]
+
+
+def test_a_symlinked_manifest_is_neither_read_nor_replaced(backup, config, tmp_path, capsys):
+    # Given a manifest that is a symlink to one outside the destination
+    manifest = backup()
+    outside = tmp_path / "outside.json"
+    outside.write_text(manifest.read_text())
+    manifest.unlink()
+    manifest.symlink_to(outside)
+    before = outside.read_bytes()
+    # When verifying it directly (recording), then it is refused unread and stays a link
+    report = verify_backup(str(manifest), record=True)
+    assert report.problems == [f"manifest {manifest} is a symlink: not followed, not read"]
+    assert manifest.is_symlink() and outside.read_bytes() == before
+    # And the command, given the backup's data file, refuses it with one line (exit 2)
+    assert cli(config, str(data_of(manifest))) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tinabs: ") and f"its manifest {manifest.name} is a symlink" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_recording_a_verdict_never_writes_through_a_planted_partial_symlink(backup, tmp_path):
+    # Given a symlink where the manifest's temporary file goes, pointing at a file outside
+    manifest = backup()
+    sentinel = tmp_path / "sentinel.txt"
+    sentinel.write_text("keep me\n")
+    planted = manifest.parent / (manifest.name + ".partial")
+    planted.symlink_to(sentinel)
+    # When the verdict is recorded
+    report = verify_backup(str(manifest), record=True)
+    # Then the outside file is untouched, the verdict is in the manifest, and the link is gone
+    assert report.ok and sentinel.read_text() == "keep me\n"
+    assert json.loads(manifest.read_text())["verified"]["state"] == "ok"
+    assert not planted.is_symlink() and not planted.exists()
+
+
+@pytest.mark.parametrize("name", ["../../outside.xva", "/etc/passwd", "sub/x.xva", "x.xva\0.json", ".."])
+def test_a_manifest_naming_a_file_elsewhere_is_refused(backup, name):
+    manifest = backup()
+    m = json.loads(manifest.read_text())
+    m["file"] = name
+    manifest.write_text(json.dumps(m))
+    report = verify_backup(str(manifest))
+    assert report.problems == [f"manifest names no plain data file (file: {name!r})"] and report.bytes == 0
+
+
+def test_a_verdict_that_cannot_be_recorded_is_said_and_stands(backup, config, capsys):
+    # Given a destination where the manifest cannot be replaced (its temporary name is taken by a
+    # directory: fails for root too, unlike permission bits)
+    manifest = backup()
+    (manifest.parent / (manifest.name + ".partial")).mkdir()
+    before = manifest.read_text()
+    # When verifying it, then the verdict (ok) stands, exit 0, and one line says it was not recorded
+    assert cli(config, str(manifest)) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("OK      ")
+    assert err.startswith(f"tinabs: could not record the result in {manifest}: ") and "--no-record" in err
+    assert len(err.strip().splitlines()) == 1
+    assert manifest.read_text() == before

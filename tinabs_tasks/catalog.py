@@ -6,7 +6,9 @@ layout (``<dest>/<pool>/<vm-name>--<vm-uuid>/<stamp>-<run>.<ext>``) and goes
 exactly three levels deep with ``os.scandir``; it parses only manifests and
 hashes nothing.  Symlinks are never followed (a link in the destination cannot
 pull files from elsewhere into the catalog), and the pool and VM filters are
-applied to directory names before any manifest is opened.
+applied to directory names before any manifest is opened.  A path a user names
+(``resolve``) must lead, without a link out of the destination, to a manifest that
+is a regular file.
 
 A backup is *complete* only when its manifest parses and names a data file
 that is beside it, a regular file, with the manifest's size.  Everything else
@@ -219,13 +221,18 @@ class NotABackup(ValueError):
 
 
 def resolve(dest: str, path: str) -> str:
-    """The manifest of the backup a user named by its data file or its manifest, inside ``dest``."""
-    if not os.path.exists(path):
-        raise NotABackup(f"{path}: no such file")
+    """The manifest of the backup a user named by its data file or its manifest, inside ``dest``.
+
+    The manifest must be a regular file, not a symlink: one planted in the destination could
+    otherwise make a command read (and record a verdict beside) a file from elsewhere."""
+    if not os.path.lexists(path):
+        raise NotABackup(f"{path}: no such file — name a backup by the path of its .xva or .json under "
+                         f"{dest} (`tinabs list` shows them)")
     try:
         destination.inside(dest, path)
     except destination.UnsafePath:
-        raise NotABackup(f"{path} is outside the destination {dest}") from None
+        raise NotABackup(f"{path} is outside the destination {dest} (or reached through a link that leads "
+                         "out of it); only backups inside the destination are read") from None
     manifest = os.path.realpath(path)
     for suffix in DATA_SUFFIXES:
         if manifest.endswith(suffix):
@@ -233,6 +240,14 @@ def resolve(dest: str, path: str) -> str:
             break
     if not manifest.endswith(MANIFEST_SUFFIX):
         raise NotABackup(f"{path}: not a backup (give its .xva, .metadata.xva or .json)")
-    if not os.path.isfile(manifest):
-        raise NotABackup(f"{path}: no manifest {os.path.basename(manifest)} beside it (not a finished backup)")
+    name = os.path.basename(manifest)
+    try:
+        destination.open_regular(manifest).close()
+    except destination.NotRegular as exc:
+        raise NotABackup(f"{path}: its manifest {name} is {exc.kind}, not a regular file; tinabs never "
+                         "writes one like that, nor follows it") from None
+    except FileNotFoundError:
+        raise NotABackup(f"{path}: no manifest {name} beside it (not a finished backup)") from None
+    except OSError as exc:
+        raise NotABackup(f"{path}: its manifest {name} cannot be read: {exc.strerror}") from None
     return manifest

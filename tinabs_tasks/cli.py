@@ -1,5 +1,10 @@
 """The ``tinabs`` command: parses arguments, runs one subcommand, turns user mistakes into
-one clear line (exit 2) instead of a traceback."""
+one clear line (exit 2) instead of a traceback.
+
+Exit statuses: 0 done, 1 something failed (a backup, a verification, a restore), 2 a usage or
+config error (which includes an unreachable broker), 3 nothing matched (`backup --wait`),
+130 interrupted.  An error nobody foresaw is one line too (exit 1); ``TINABS_DEBUG=1`` shows its
+traceback."""
 from __future__ import annotations
 
 import argparse
@@ -45,6 +50,23 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(exc))
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if os.environ.get("TINABS_DEBUG"):
+            raise
+        return unexpected(exc)
+
+
+def unexpected(exc: Exception) -> int:
+    """The broker lost mid-command is a clear, common case; anything else is a bug to report."""
+    import kombu.exceptions
+    import redis
+    from .commands.common import fail
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, kombu.exceptions.OperationalError)):
+        return fail(f"lost the broker: {exc} — is Redis running, and is broker_url (or TINABS_BROKER_URL) "
+                    "right? Jobs already sent go on; `tinabs status` follows them")
+    print(f"tinabs: unexpected error: {type(exc).__name__}: {exc} — please report it; "
+          "TINABS_DEBUG=1 shows the traceback", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

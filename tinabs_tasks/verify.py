@@ -1,7 +1,9 @@
 """Offline verification of a backup: re-read the ``.xva`` once, as a stream, and say what is wrong.
 
 Checks (FACTS.md §7): the tar structure (512-byte headers, padding, the two
-zero blocks at the end), member names (no absolute paths, no ``..``),
+zero blocks at the end), member types (regular files only: no links, devices,
+FIFOs, directories or GNU/pax extension headers) and names (no absolute
+paths, no ``..``, only ``ova.xml``, ``Ref:N/NNNNNNNN`` and its checksum),
 ``ova.xml`` first and parseable, every chunk's ``.xxhash`` (XXH64, seed 0,
 16 upper-case hex digits) or legacy ``.checksum`` (SHA-1 hex), each disk
 rebuilt *sequentially* (gap of ``(n - previous - 1)`` MiB, then the member's
@@ -13,6 +15,10 @@ Memory stays bounded whatever the file holds: the file is read in large
 pieces, chunk data is hashed piece by piece and never kept; only ``ova.xml``
 (capped) and the checksum members (a few bytes) are held.
 
+The manifest and the data file are read only if they are regular files, not
+symlinks (a link or FIFO planted in the destination is reported, never opened).
+``xva_headers.header_problems`` walks only the tar headers, for a restore's quick check.
+
 A ``.metadata.xva`` (sr-copy) holds only ``ova.xml``; that the copied VDIs
 still exist on the backup SR needs the pool and is checked elsewhere.
 """
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import os
 import re
 import tarfile
@@ -32,6 +39,7 @@ import XenAPI
 
 from . import catalog, destination
 from .verify_skeleton import compare_skeleton, to_int
+from .xva_headers import CHUNK_NAME, SUM_NAME, member_problem
 
 BLOCK = 512
 CHUNK = 1 << 20
@@ -40,8 +48,6 @@ MAX_OVA_XML = 64 << 20
 MAX_CHECKSUM = 4096
 MAX_PROBLEMS = 50
 _ZERO_BLOCK = bytes(BLOCK)
-_CHUNK_NAME = re.compile(r"^(Ref:\d+)/(\d{8})$")
-_SUM_NAME = re.compile(r"^(Ref:\d+)/(\d{8})\.(xxhash|checksum)$")
 _XXHASH_TEXT = re.compile(r"^[0-9A-F]{16}$")
 _SHA1_TEXT = re.compile(r"^[0-9a-fA-F]{40}$")
 
@@ -55,10 +61,11 @@ class Report:
     bytes: int = 0          # bytes of the data file read
     disks: int = 0          # disks rebuilt from chunks
     chunks: int = 0         # chunk members whose checksum was checked
+    record_error: str = ""  # why the verdict could not be written into the manifest
 
     def as_dict(self) -> dict:
         return {"manifest": self.manifest, "data": self.data, "ok": self.ok, "problems": list(self.problems),
-                "bytes": self.bytes, "disks": self.disks, "chunks": self.chunks}
+                "bytes": self.bytes, "disks": self.disks, "chunks": self.chunks, "record_error": self.record_error}
 
 
 class _Problems(list):
@@ -147,18 +154,21 @@ def verify_backup(manifest_path: str, *, record: bool = False, pool_check=None) 
     (the copies an sr-copy backup keeps on the backup SR)."""
     report = Report(manifest=manifest_path)
     problems = _Problems()
-    manifest = destination.read_manifest(manifest_path)
-    if not isinstance(manifest, dict):
-        problems.add(f"manifest {manifest_path} is missing or not valid JSON")
+    manifest = _load_manifest(manifest_path, problems)
+    if manifest is None:  # nothing to record the verdict in
         return _finish(report, problems, None, record=False)
     name = manifest.get("file")
-    if not isinstance(name, str) or not name or os.path.basename(name) != name or name in (".", ".."):
+    if not isinstance(name, str) or not name or os.path.basename(name) != name or name in (".", "..") \
+            or "\0" in name:
         problems.add(f"manifest names no plain data file (file: {name!r})")
         return _finish(report, problems, manifest, record)
     report.data = os.path.join(os.path.dirname(os.path.abspath(manifest_path)), name)
     metadata_only = name.endswith(".metadata.xva") or manifest.get("mode") == "sr-copy"
     try:
-        fh = open(report.data, "rb", buffering=0)
+        fh = destination.open_regular(report.data)
+    except destination.NotRegular as exc:  # a planted link or FIFO: never followed, never read
+        problems.add(f"data file {name} is {exc.kind}: not followed, not read (tinabs writes only regular files)")
+        return _finish(report, problems, manifest, record)
     except OSError as exc:
         problems.add(f"data file {name} cannot be read: {exc.strerror}")
         return _finish(report, problems, manifest, record)
@@ -180,6 +190,21 @@ def verify_backup(manifest_path: str, *, record: bool = False, pool_check=None) 
         for problem in pool_check(manifest):
             problems.add(problem)
     return _finish(report, problems, manifest, record)
+
+
+def _load_manifest(path: str, problems: _Problems) -> dict | None:
+    try:
+        with destination.open_regular(path) as fh:
+            manifest = json.loads(fh.read())
+    except destination.NotRegular as exc:  # a planted link: never read, nor replaced by a verdict
+        problems.add(f"manifest {path} is {exc.kind}: not followed, not read")
+        return None
+    except (OSError, ValueError):
+        manifest = None
+    if not isinstance(manifest, dict):
+        problems.add(f"manifest {path} is missing or not valid JSON")
+        return None
+    return manifest
 
 
 def verify_all(dest: str, *, record: bool = False, pool_check=None) -> list[tuple[str, Report]]:
@@ -217,7 +242,10 @@ def _finish(report: Report, problems: _Problems, manifest: dict | None, record: 
         manifest["verified"] = {"state": "ok" if report.ok else "failed",
                                 "at": dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ"),
                                 "problems": report.problems}
-        destination.write_json_atomic(report.manifest, manifest)
+        try:
+            destination.write_json_atomic(report.manifest, manifest)
+        except OSError as exc:  # a read-only copy of the backups: the verdict stands, unrecorded
+            report.record_error = f"could not record the result in {report.manifest}: {exc.strerror or exc}"
     return report
 
 
@@ -284,18 +312,9 @@ def _member(stream: _Stream, info: tarfile.TarInfo, problems: _Problems, report:
     first, state["first"] = state["first"], False
     if first and name != "ova.xml":
         problems.add(f"ova.xml is not the first member (found {name!r})")
-    if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
-        problems.add(f"member {name!r} is not a regular file (tar type {info.type!r})")
-        _not_a_checksum(state, name, problems)
-        stream.skip(size)
-        return
-    if name.startswith("/"):
-        problems.add(f"member name {name!r} is absolute")
-        _not_a_checksum(state, name, problems)
-        stream.skip(size)
-        return
-    if ".." in name.replace("\\", "/").split("/"):
-        problems.add(f"member name {name!r} escapes")
+    unsafe = member_problem(info)
+    if unsafe:
+        problems.add(unsafe)
         _not_a_checksum(state, name, problems)
         stream.skip(size)
         return
@@ -312,12 +331,12 @@ def _member(stream: _Stream, info: tarfile.TarInfo, problems: _Problems, report:
             return
         state["header"] = _parse_ova_xml(stream.exact(size), problems)
         return
-    sum_match = _SUM_NAME.match(name)
+    sum_match = SUM_NAME.match(name)
     if sum_match:
         _checksum_member(stream, name, size, sum_match, problems, report, state)
         return
     _not_a_checksum(state, name, problems)
-    chunk_match = _CHUNK_NAME.match(name)
+    chunk_match = CHUNK_NAME.match(name)
     if not chunk_match:
         problems.add(f"unexpected member {name!r}")
         stream.skip(size)

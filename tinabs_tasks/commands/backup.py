@@ -11,6 +11,7 @@ import sys
 import time
 
 from ..config import MODES
+from ..stages.plan import describe
 from .common import UserError, job_store, load_config
 from .status import render
 
@@ -59,9 +60,19 @@ def run(args) -> int:
               file=sys.stderr)
         return 1
     if not job["runs"]:
-        print("tinabs: no VM matched; nothing was backed up", file=sys.stderr)
-        return 3
+        return _nothing_backed_up(job, selector, pools)
     return 0 if job["succeeded"] else 1
+
+
+def _nothing_backed_up(job: dict, selector: dict, pools: list[str]) -> int:
+    """No run at all: a pool that could not be asked (1) is not the same as no VM matching (3)."""
+    if job.get("plan_errors"):
+        print(f"tinabs: could not select VMs on {job['plan_errors']} pool(s); nothing was backed up "
+              "(the job's notes say why; `tinabs check-config` tests each pool)", file=sys.stderr)
+        return 1
+    print(f"tinabs: no VM matched {describe(selector)} in {', '.join(pools)}; nothing was backed up — "
+          "check the spelling (tags and names are case-sensitive) and --pool", file=sys.stderr)
+    return 3
 
 
 def _selector(args) -> dict:

@@ -9,7 +9,7 @@ import json
 import os
 
 from .. import catalog
-from .common import UserError, human_bytes, load_config
+from .common import UserError, human_bytes, load_config, printable
 
 
 def add_arguments(parser) -> None:
@@ -43,7 +43,7 @@ def render(items: list[catalog.Backup], show_status: bool = False) -> str:
                human_bytes(b.size) if b.size is not None else "", (b.sha256 or "")[:12], b.verified or "-"]
         if show_status:
             row.append(b.status)
-        rows.append(row + [b.path or b.manifest_path or ""])
+        rows.append([printable(c) for c in row + [b.path or b.manifest_path or ""]])  # names from manifests
     headers.append("PATH")
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers[:-1])]
     right = {headers.index("SIZE")}

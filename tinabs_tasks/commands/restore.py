@@ -13,7 +13,7 @@ import sys
 import time
 
 from .. import restore
-from .common import UserError, human_bytes, job_store, load_config
+from .common import UserError, human_bytes, job_store, load_config, printable
 
 NO_WORKER_HINT_S = 30
 
@@ -43,19 +43,22 @@ def run(args) -> int:
         raise UserError(f"unknown pool `{args.pool}`; configured pools: {', '.join(sorted(cfg.pools))}")
     if args.name is not None and not args.name.strip():
         raise UserError("--name needs a non-empty value")
+    if args.name is not None and restore.plain(args.name) != args.name:
+        raise UserError("--name must not contain control characters")
     try:
         backup = restore.load_backup(cfg.destination, args.backup)
         restore.check_pool(backup, args.pool)
     except restore.BadBackup as exc:
         raise UserError(str(exc)) from None
+    if not args.local:
+        job_store(cfg)  # a clear message when the broker is unreachable, before anything is said
     options = {"sr": args.sr, "name": args.name, "macs": args.macs, "start": args.start}
     run_id = restore.new_run_id()
     say = (lambda *_: None) if args.json else (lambda text: print(text, flush=True))
-    say(f"restoring {backup['manifest']['vm']['name']} ({backup['mode']}) from {backup['path']} "
+    say(f"restoring {printable(backup['manifest']['vm']['name'])} ({backup['mode']}) from {printable(backup['path'])} "
         f"into pool {args.pool} (run {run_id})")
     if args.local:
         return _local(cfg, backup, args, options, run_id, say)
-    job_store(cfg)  # a clear message when the broker is unreachable
     from ..tasks_restore import send_restore  # loads the Celery app (needs only the broker)
     result = send_restore(args.pool, backup["manifest_path"], options, run_id)
     if args.no_wait:
@@ -102,7 +105,7 @@ def _done(result: dict, args, say) -> int:
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return 0
-    say(f"restored as `{result['name']}` ({result['uuid']}), {result.get('power_state', '?')}")
+    say(f"restored as `{printable(result['name'])}` ({result['uuid']}), {result.get('power_state', '?')}")
     if "macs" in result:
         say(f"  MACs: {result['macs']} ({result['mac_reason']})")
     for d in result.get("disks", []):
@@ -113,7 +116,7 @@ def _done(result: dict, args, say) -> int:
 def _failed(reason: str, args) -> int:
     if args.json:
         print(json.dumps({"ok": False, "error": reason}))
-    print(f"tinabs: restore failed: {reason}; nothing of it was left on the pool", file=sys.stderr)
+    print(f"tinabs: restore failed: {printable(reason)}; nothing of it was left on the pool", file=sys.stderr)
     return 1
 
 

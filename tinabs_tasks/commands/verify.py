@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from .. import catalog
 from ..verify import check_copied_vdis, verify_all, verify_backup
 from ..xapi.connect import PoolSession
 from ..xapi.errors import classify
 from ..xapi.port import Xapi
-from .common import UserError, human_bytes, load_config
+from .common import UserError, human_bytes, job_store, load_config, printable
 
 
 def add_arguments(parser) -> None:
@@ -48,17 +49,22 @@ def run(args) -> int:
         if not results:
             print(f"no backups under {cfg.destination}")
         for path, report in results:
-            label = report.data or path
+            label = printable(report.data or path)
             if report.ok:
                 print(f"OK      {label} ({human_bytes(report.bytes)}, {report.disks} disk(s), "
                       f"{report.chunks} chunk(s))")
             else:
                 print(f"FAILED  {label}")
                 for problem in report.problems:
-                    print(f"  - {problem}")
+                    print(f"  - {printable(problem)}")
         if len(results) > 1:
             bad = sum(1 for _, r in results if not r.ok)
             print(f"{len(results)} backup(s) verified, {bad} failed")
+    unrecorded = [r.record_error for _, r in results if r.record_error]
+    if unrecorded:
+        more = f" (and {len(unrecorded) - 1} more)" if len(unrecorded) > 1 else ""
+        print(f"tinabs: {printable(unrecorded[0])}{more} — the verdicts above stand; use --no-record on a "
+              "read-only copy of the backups", file=sys.stderr)
     return 0 if all(r.ok for _, r in results) else 1
 
 
@@ -68,8 +74,14 @@ def _restore_test(cfg, args) -> int:
         raise UserError("--restore-test takes one BACKUP, --pool and --sr")
     cfg.pool(args.pool)  # unknown pool: one clear line
     path = _manifest(args.backup, cfg.destination)
+    job_store(cfg)  # an unreachable broker: one clear line now, not minutes of publish retries
     from ..tasks_restore import send_restore_test  # loads the Celery app (needs only the broker)
-    report = send_restore_test(args.pool, path, args.sr).get(timeout=cfg.limits.export_time_limit_s)
+    result = send_restore_test(args.pool, path, args.sr)
+    try:
+        report = result.get(timeout=cfg.limits.export_time_limit_s)
+    except Exception as exc:  # the task failed (a backup it refuses, a pool error): its reason, one line
+        print(f"tinabs: restore test of {printable(path)} failed: {printable(exc)}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -61,12 +61,21 @@ def expected_size(xapi, ctx: dict) -> int:
 
 def assert_room(dest: str, needed: int, reserve: int) -> None:
     """Checked before a long export starts, so a full disk fails in seconds, not hours."""
+    assert_writable(dest)
     with _local(dest):
         free = shutil.disk_usage(dest).free
     if free - reserve < needed:
         raise DestinationError(f"destination {dest} has {free / 1e9:.1f} GB free (keeping {reserve / 1e9:.1f} GB "
                                f"in reserve) but this backup needs about {needed / 1e9:.1f} GB — free space, "
                                "prune old backups (tinabs prune) or lower [limits] reserve_free_bytes")
+
+
+def assert_writable(dest: str) -> None:
+    """A destination that cannot take files (missing, a file, read-only) fails before any export."""
+    try:
+        destination.assert_writable(dest)
+    except destination.NotWritable as exc:
+        raise DestinationError(str(exc)) from None
 
 
 def download(xapi, handler: str, query: dict, paths: dict, report, beat, expect_tar_end: bool = True):

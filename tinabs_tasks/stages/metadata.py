@@ -12,7 +12,7 @@ import time
 
 from .. import destination
 from . import manifest
-from .export import download
+from .export import assert_writable, download
 
 
 def run(xapi, ctx: dict, report, slots, dest: str) -> dict:
@@ -21,6 +21,7 @@ def run(xapi, ctx: dict, report, slots, dest: str) -> dict:
     if earlier:
         ctx["result"] = earlier
         return ctx
+    assert_writable(dest)
     x = xapi.x
     copy = ctx["refs"]["system_copy"]
     began = time.time()
