@@ -15,11 +15,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from helpers.pool_checks import litter, tinabs_objects
+from helpers.backup_checks import assert_clean as _assert_clean
+from helpers.backup_checks import assert_one_backup as _assert_one_backup
+from helpers.backup_checks import files_of as _files_of
+from helpers.backup_checks import pool_objects_of as _pool_objects_of
+from helpers.backup_checks import run_id as _run_id
+from helpers.pool_checks import litter
 
 DEPLOYMENT_SIM_ARGS = ("--pools", "2", "--vms-per-pool", "4", "--disk-mib", "8")
 POOL = "pool-a"
@@ -80,41 +84,6 @@ def dep(deployment):
 # -- helpers ------------------------------------------------------------------
 def _faults(dep) -> list[dict]:
     return dep.sim.control_call("GET", "/sim/faults")[1]["faults"]
-
-
-def _run_id(run: dict) -> str:
-    """Data files are named ``<stamp>-<run>.xva`` (destination.backup_paths)."""
-    return Path(run["path"]).name.split(".")[0].split("-")[1]
-
-
-def _files_of(dep, run: dict) -> list[Path]:
-    return [p for p in dep.files() if _run_id(run) in p.name]
-
-
-def _pool_objects_of(dep, run: dict) -> list:
-    rid = _run_id(run)
-    return [(cls, rec.get("name_label")) for cls, objs in tinabs_objects(dep.sim.state()).items()
-            for _pool, _ref, rec in objs
-            if (rec.get("other_config") or {}).get("tinabs:run") == rid or str(rec.get("name_label")).endswith(rid)]
-
-
-def _assert_one_backup(dep, run: dict) -> None:
-    """Exactly one backup of the VM from this run: one data file, one manifest, one kept copy in sr-copy."""
-    assert run["state"] == "succeeded", run
-    folder = Path(run["path"]).parent
-    names = sorted(p.name for p in folder.iterdir() if _run_id(run) in p.name)
-    suffix = ".xva" if run["mode"] == "export" else ".metadata.xva"
-    assert names == sorted([Path(run["manifest"]).name, Path(run["path"]).name]), names
-    assert run["path"].endswith(suffix)
-    manifest = json.loads(Path(run["manifest"]).read_text())
-    assert manifest["run"] == _run_id(run) and manifest["size"] == Path(run["path"]).stat().st_size
-    kept = _pool_objects_of(dep, run)
-    assert len(kept) == (1 if run["mode"] == "sr-copy" else 0), kept
-
-
-def _assert_clean(dep, new_files) -> None:
-    assert not [f for f in new_files if f.name.endswith(".partial")], new_files
-    assert litter(dep.sim.state()) == {}
 
 
 # -- 1. transient faults are retried -------------------------------------------

@@ -22,9 +22,13 @@ VISIBILITY_MARGIN_S = 3600
 #: tasks.backoff() jitters a countdown up to 1.5x backoff_max_s; a task waiting out that
 #: countdown is reserved and unacked all along, so the timeout must cover the whole of it
 RETRY_JITTER_MAX = 1.5
+#: about two minutes of retries, for publishing and for storing results
+PUBLISH_RETRY = {"max_retries": 60, "interval_start": 0, "interval_step": 0.5, "interval_max": 2}
 
 
 def visibility_timeout(cfg: config_mod.Config) -> int:
+    if cfg.limits.visibility_timeout_s:
+        return cfg.limits.visibility_timeout_s
     longest = max(cfg.limits.export_time_limit_s, cfg.limits.stage_time_limit_s)
     return int(longest + cfg.retry.backoff_max_s * RETRY_JITTER_MAX + VISIBILITY_MARGIN_S)
 
@@ -38,8 +42,13 @@ def celery_settings(cfg: config_mod.Config) -> dict:
         # Ten priority levels (0 first): later stages outrank earlier ones, so workers finish
         # chains they started before starting new ones, and exports begin early instead of
         # all at the end (see tasks.STAGE_PRIORITY).
-        "broker_transport_options": {"visibility_timeout": vt, "priority_steps": list(range(10))},
-        "result_backend_transport_options": {"visibility_timeout": vt},
+        # kombu looks for expired unacknowledged messages every interval x throttle seconds (100 by
+        # default): look every quarter of the timeout (at most a minute), so the work of a worker
+        # that died resumes soon after its visibility timeout, not minutes later.
+        "broker_transport_options": {"visibility_timeout": vt, "priority_steps": list(range(10)),
+                                     "unacked_restore_interval": max(1, min(60, vt // 4)),
+                                     "unacked_restore_throttle": 1},
+        "result_backend_transport_options": {"visibility_timeout": vt, "retry_policy": PUBLISH_RETRY},
         "visibility_timeout": vt,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
@@ -50,13 +59,16 @@ def celery_settings(cfg: config_mod.Config) -> dict:
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
-        "result_expires": 7 * 24 * 3600,
+        "result_expires": cfg.limits.state_ttl_s,
         "task_track_started": True,
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "task_time_limit": cfg.limits.stage_time_limit_s,
         "task_soft_time_limit": max(1, cfg.limits.stage_time_limit_s - 30),
         "broker_connection_retry_on_startup": True,
+        # Ride out a Redis restart: sending a chain's next stage (or a retry) waits for the broker
+        # instead of failing a stage whose work is done.
+        "task_publish_retry_policy": PUBLISH_RETRY,
         "worker_hijack_root_logger": False,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
     }

@@ -3,6 +3,13 @@
 Plain functions over the Xapi port; ``tasks_restore`` and ``commands.restore``
 are thin wrappers.
 
+Before anything reaches a pool, ``load_backup`` checks the backup (on the command's host
+and again on the worker): a complete catalog entry inside the destination, a mode that
+fits its file, and tar headers and ova.xml fit for an XVA (``check_archive``: no
+absolute or ``..`` names, no links, devices or extension headers, exactly one VM).
+Names read from the backup are data: they go to the pool with what XML cannot carry
+replaced (``plain``), and never into a path.
+
 Export backups (``.xva``): ``PUT /import`` of the file (Content-Length, never
 chunked) with a task, into ``--sr`` (else the pool's ``shared_sr``, else the
 pool's default SR).
@@ -45,14 +52,13 @@ leaves that object unmarked; it still carries the backup run's name
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import uuid as uuidlib
 import xmlrpc.client
 
 import XenAPI
 
-from . import catalog
+from . import catalog, destination, verify, xva_headers
 from .stages import markers
 from .xapi import upload
 from .xapi.port import NULL_REF
@@ -60,6 +66,8 @@ from .xapi.port import NULL_REF
 RESTORE_RUN = "tinabs:restore-run"
 RESTORED_FROM = "tinabs:restored-from"
 MACS = ("auto", "keep", "new")
+#: what a pool's import task says when our upload was cut: nothing the cut itself does not say
+ECHOES_OF_A_CUT = {"IMPORT_ERROR_PREMATURE_EOF", "CLIENT_ERROR"}
 
 
 class Role:
@@ -100,33 +108,71 @@ def load_backup(dest: str, path: str) -> dict:
     entry = found[0]
     if not entry.complete:
         raise BadBackup(f"{path}: backup is {entry.status}; it cannot be restored")
-    with open(entry.manifest_path) as fh:
-        manifest = json.load(fh)
+    manifest = destination.read_manifest(entry.manifest_path)
+    if not isinstance(manifest, dict):
+        raise BadBackup(f"{path}: its manifest cannot be read")
+    suffix = ".metadata.xva" if entry.mode == "sr-copy" else ".xva"
+    if entry.mode not in ("export", "sr-copy") or not entry.path.endswith(suffix) \
+            or (entry.mode == "export" and entry.path.endswith(".metadata.xva")):
+        raise BadBackup(f"{path}: manifest mode {entry.mode!r} does not fit data file "
+                        f"{os.path.basename(entry.path)}; it cannot be restored")
     if entry.mode == "sr-copy" and not manifest.get("copied_vdis"):
         raise BadBackup(f"{path}: sr-copy manifest names no copied disk")
+    check_archive(entry.path)
     return {"manifest_path": entry.manifest_path, "path": entry.path, "mode": entry.mode, "manifest": manifest}
+
+
+def check_archive(path: str) -> None:
+    """Refuse an XVA whose tar headers or ova.xml are unsafe or broken before a byte of it goes to a
+    pool: members with absolute or ``..`` names, links, devices, tar extension headers (xapi
+    writes none), ova.xml not first or not one VM.  Reads only headers and ova.xml."""
+    try:
+        problems = xva_headers.header_problems(path)
+    except (OSError, ValueError) as exc:
+        raise BadBackup(f"{path}: cannot be read ({exc})") from None
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise BadBackup(f"{path}: refused, not a well-formed XVA: {problems[0]}{more} — "
+                        f"`tinabs verify {path}` lists every problem")
+    ova_objects(read_ova(path))
 
 
 def read_ova(path: str) -> dict:
     """The decoded ova.xml (the first tar member) of an XVA or metadata XVA."""
-    with open(path, "rb") as fh:
+    with destination.open_regular(path) as fh:
         head = fh.read(512)
         if len(head) < 512:
             raise BadBackup(f"{path}: too short for an XVA")
-        name = head[:100].rstrip(b"\0").decode(errors="replace")
+        name = head[:100].split(b"\0", 1)[0].decode(errors="replace")
         if name != "ova.xml":
             raise BadBackup(f"{path}: first member is {name!r}, not ova.xml")
-        size = int(head[124:136].strip(b"\0 ") or b"0", 8)
+        try:
+            size = int(head[124:136].strip(b"\0 ") or b"0", 8)
+        except ValueError:
+            raise BadBackup(f"{path}: the ova.xml tar header has no valid size") from None
+        if size > verify.MAX_OVA_XML:
+            raise BadBackup(f"{path}: ova.xml claims {size} bytes, too large to be an XVA header")
         data = fh.read(size)
-    doc = f"<methodResponse><params><param>{data.decode()}</param></params></methodResponse>"
-    (value,), _ = xmlrpc.client.loads(doc)
+    try:
+        text = data.decode("utf-8")
+        if not text.lstrip().startswith("<value>"):
+            raise ValueError(f"it does not start with <value> ({text[:40]!r})")
+        doc = f"<methodResponse><params><param>{text}</param></params></methodResponse>"
+        (value,), _ = xmlrpc.client.loads(doc)
+    except Exception as exc:  # expat, UnicodeDecodeError, ValueError: all mean "not an ova.xml"
+        raise BadBackup(f"{path}: ova.xml is not parseable: {exc}") from None
     return value
 
 
 def ova_objects(ova: dict) -> tuple[dict, dict[str, dict]]:
     """(the VM's record, id -> object) of an ova.xml; the VM is the non-snapshot one."""
-    by_id = {o["id"]: o for o in ova["objects"]}
-    vms = [o for o in ova["objects"] if o["class"] == "VM" and not _true(o["snapshot"].get("is_a_snapshot"))]
+    objects = ova.get("objects") if isinstance(ova, dict) else None
+    if not isinstance(objects, list) or not all(
+            isinstance(o, dict) and isinstance(o.get("snapshot"), dict) and "class" in o and "id" in o
+            for o in objects):
+        raise BadBackup("ova.xml is not a struct with an `objects` array of {class, id, snapshot}")
+    by_id = {o["id"]: o for o in objects}
+    vms = [o for o in objects if o["class"] == "VM" and not _true(o["snapshot"].get("is_a_snapshot"))]
     if len(vms) != 1:
         raise BadBackup(f"ova.xml holds {len(vms)} VMs, expected 1")
     return vms[0], by_id
@@ -150,10 +196,11 @@ def restore(xapi, backup: dict, *, sr: str | None = None, name: str | None = Non
         if done is not None:
             return done
     protect = {c["uuid"] for c in m.get("copied_vdis", [])}
-    ctx = {"run": run, "job": "restore", "vm": {"uuid": m["vm"]["uuid"], "name": m["vm"]["name"]}}
+    ctx = {"run": run, "job": "restore", "vm": {"uuid": plain(m["vm"]["uuid"]), "name": plain(m["vm"]["name"])}}
     imported: list[str] = []
     try:
-        remove(xapi, run, protect=protect)  # what an earlier delivery of this run left
+        # what an earlier delivery of this run left, including what its XAPI tasks made after it died
+        remove(xapi, run, protect=protect, extra_vms=_remove_orphan_vdis(xapi, run, protect))
         ova = read_ova(backup["path"])
         ova_vm, by_id = ova_objects(ova)
         keep_macs, mac_reason = _mac_policy(xapi, m, macs)
@@ -170,7 +217,7 @@ def restore(xapi, backup: dict, *, sr: str | None = None, name: str | None = Non
         _adopt_networks(x, vm, ctx, networks_before)
         ha = reapply_reset_fields(x, vm, m.get("skeleton", {}).get("ha"), ova_vm["snapshot"])
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
-        label = name or f"{m['vm']['name']} (restored {stamp})"
+        label = name or f"{plain(m['vm']['name'])} (restored {stamp})"
         x.VM.set_name_label(vm, label)
         if start:
             report(stage="start")
@@ -211,7 +258,7 @@ def _mac_policy(xapi, m: dict, macs: str) -> tuple[bool, str]:
     if macs == "new":
         return False, "asked for new MACs"
     try:
-        xapi.x.VM.get_by_uuid(m["vm"]["uuid"])
+        xapi.x.VM.get_by_uuid(plain(m["vm"]["uuid"]))
     except XenAPI.Failure:
         return True, "the original VM is not in this pool"
     return False, "the original VM still exists in this pool (same MACs would clash on the network)"
@@ -238,21 +285,29 @@ def _put(xapi, handler: str, query: dict, path: str, run: str, report) -> list[s
     task = x.task.create(f"tinabs restore {run}", "")
     size = os.path.getsize(path)
     try:
+        xapi.mark_task(task, run, transfer=True)  # an import that ends after this worker died: found again
         try:
             upload.put_file(xapi.base_url, handler, {**query, "session_id": xapi.handle, "task_id": task}, path,
                             xapi.session.context,
                             progress=lambda n: report(stage="import", bytes=n, total=size))
-        except (upload.UploadCut, OSError, ConnectionError) as exc:
-            reason = xapi.task_error(task, wait_s=10)
+        except Exception as exc:  # a cut or an HTTP error: the task says why
+            cut = isinstance(exc, (upload.UploadCut, OSError, ConnectionError))
+            reason = xapi.task_error(task, wait_s=10 if cut else 2)
+            if reason and reason[0] in ECHOES_OF_A_CUT:
+                # the pool only says the body ended early: the cut is the reason, and worth a retry
+                raise upload.UploadCut(f"the pool got part of the upload only ({reason[0]})") from exc
+            if reason and reason[0] == "SESSION_AUTHENTICATION_FAILED":
+                # the handler refused a session XML-RPC accepted a moment ago (it expired): log in again
+                raise XenAPI.Failure(["SESSION_INVALID", *reason[1:]]) from exc
             if reason:
                 raise XenAPI.Failure(reason) from exc
             raise
-        except Exception as exc:  # HTTP errors: the task says why
-            reason = xapi.task_error(task, wait_s=2)
-            if reason:
-                raise XenAPI.Failure(reason) from exc
+        try:
+            result = xapi.wait_task(task, progress=lambda f: report(stage="import", progress=f))
+        except XenAPI.Failure as exc:  # the body went out whole into the socket, but was cut on the way
+            if exc.details and exc.details[0] in ECHOES_OF_A_CUT:
+                raise upload.UploadCut(f"the pool got part of the upload only ({exc.details[0]})") from exc
             raise
-        result = xapi.wait_task(task, progress=lambda f: report(stage="import", progress=f))
     finally:
         xapi._destroy_task(task)
     refs = result if isinstance(result, list) else [r for r in str(result).split(",") if r]
@@ -292,10 +347,10 @@ def _import_metadata(xapi, backup: dict, ova_vm: dict, by_id: dict, sr: str | No
         if vdi_rec.get("uuid") == kept_uuid:
             report(stage="copy" if sr else "clone", progress=0.0)
             if sr:  # a copy on the production SR; the kept copy is only read
-                new = xapi.call_async("VDI.copy", kept, xapi.sr_by_name_or_uuid(sr),
-                                      progress=lambda f: report(stage="copy", progress=f))
+                new = xapi.call_async_marked("VDI.copy", kept, xapi.sr_by_name_or_uuid(sr), run=ctx["run"],
+                                             progress=lambda f: report(stage="copy", progress=f))
             else:   # a clone beside the kept copy: the kept copy is never attached or written
-                new = xapi.call_async("VDI.clone", kept, {})
+                new = xapi.call_async_marked("VDI.clone", kept, {}, run=ctx["run"])
             _mark(x, "VDI", new, ctx, role)
         elif vbd.get("type") == "CD":
             continue
@@ -310,6 +365,25 @@ def _import_metadata(xapi, backup: dict, ova_vm: dict, by_id: dict, sr: str | No
         vdi_map[f"vdi:{vdi_rec['uuid']}"] = x.VDI.get_uuid(new)
     query = {"restore": "true" if keep_macs else "false", **vdi_map}
     return _put(xapi, "/import_metadata", query, backup["path"], ctx["run"], report)
+
+
+def _remove_orphan_vdis(xapi, run: str, protect: set[str]) -> list[str]:
+    """Destroy the disks that tasks of a dead delivery made (clones, copies); return its VMs (imports)."""
+    x = xapi.x
+    vms = []
+    for ref in xapi.orphans_of(run):
+        try:
+            x.VM.get_uuid(ref)
+            vms.append(ref)
+            continue
+        except XenAPI.Failure:
+            pass
+        try:
+            if x.VDI.get_uuid(ref) not in protect:
+                x.VDI.destroy(ref)
+        except XenAPI.Failure:  # gone already
+            continue
+    return vms
 
 
 def _the_vm(x, refs: list[str]) -> str:
@@ -375,7 +449,7 @@ def reapply_reset_fields(x, vm: str, ha: dict | None, ova_rec: dict) -> dict:
 
 def _finalise(x, vm: str, run: str, m: dict) -> None:
     """The restore succeeded: its objects are the user's now, not tinabs litter (VM last)."""
-    origin = f"{m.get('pool')}/{m['vm']['uuid']}/{m.get('run')}"
+    origin = plain(f"{m.get('pool')}/{m['vm']['uuid']}/{m.get('run')}")
     for cls in ("VBD", "VDI", "network"):
         for ref in markers.find(x, cls, run):
             getattr(x, cls).set_other_config(ref, _unmarked(getattr(x, cls).get_other_config(ref)))
@@ -440,6 +514,14 @@ def _quiet(fn, ref) -> bool:
         if exc.details and exc.details[0] == "HANDLE_INVALID":
             return False
         raise
+
+
+def plain(text) -> str:
+    """``text`` with what XML 1.0 cannot carry (NUL and other C0 controls but tab and newlines,
+    surrogates, U+FFFE/U+FFFF) replaced by U+FFFD: a name read from a manifest may hold anything,
+    and XML-RPC would send it as a document the pool cannot parse."""
+    return "".join("\ufffd" if (c < " " and c not in "\t\n\r") or "\ud800" <= c <= "\udfff"
+                   or c in "\ufffe\uffff" else c for c in str(text))
 
 
 def _true(value) -> bool:

@@ -24,9 +24,11 @@ from .progress import Reporter
 from .redis_client import client
 from .stages import cleanup, copy, disks, export, metadata, plan as plan_stage, skeleton, snapshot, vifs
 from .stages.errors import StageFailed, WaitForSlot
+from .stage_guard import Busy, StageGuard, wait_countdown
 from .stages.slots import Slots
+from .limits import Heartbeat
 from .xapi import connect
-from .xapi.errors import RELOGIN_CODES, classify
+from .xapi.errors import RELOGIN_CODES, UNREACHABLE, classify
 from .xapi.port import Xapi
 
 CFG = app.tinabs_config
@@ -35,10 +37,17 @@ STAGES = {
     "sr-copy": ("snapshot", "skeleton", "disks", "vifs", "copy", "metadata", "cleanup"),
 }
 SLOT_WAIT_S = (0.2, 0.5)  # come back soon: a transfer slot frees often, and waiting holds no worker
+MAX_RELOGINS = 5  # per run: an expired session costs a quick restart of the stage, never a retry
+#: how long a task rides out a Redis restart (its own state writes block and retry meanwhile)
+REDIS_OUTAGE_S = 120.0
+
+
+def _redis():
+    return client(CFG.broker_url, outage_s=REDIS_OUTAGE_S)
 
 
 def _jobs() -> JobStore:
-    return JobStore(client(CFG.broker_url))
+    return JobStore(_redis(), CFG.limits.state_ttl_s)
 
 
 def _xapi(pool: str) -> Xapi:
@@ -47,7 +56,7 @@ def _xapi(pool: str) -> Xapi:
 
 def _slots(pool: str) -> Slots:
     p = CFG.pool(pool)
-    return Slots(client(CFG.broker_url), pool, p.max_concurrent_exports, CFG.limits.lease_s)
+    return Slots(_redis(), pool, p.max_concurrent_exports, CFG.limits.lease_s)
 
 
 def backoff(failures: int) -> float:
@@ -73,12 +82,55 @@ STAGE_PRIORITY = {"plan": 0, "compensate": 0, "cleanup": 1, "metadata": 2, "expo
                   "disks": 5, "skeleton": 6, "snapshot": 7}
 
 
+def _guard(run: str) -> StageGuard:
+    return StageGuard(_redis(), run, CFG.limits.lease_s)
+
+
+def _wait_for_lease(task, ctx: dict, *args):
+    """Another copy works on this run now: come back later, without using up a retry."""
+    waits = ctx.get("lease_waits", 0)
+    ctx["lease_waits"] = waits + 1
+    return task.retry(args=(ctx, *args), countdown=wait_countdown(waits), max_retries=None)
+
+
 def run_stage(task, name: str, ctx: dict) -> dict:
     jobs = _jobs()
     run = ctx["run"]
+    index = STAGES[ctx["mode"]].index(name)
+    guard = _guard(run)
+    _skip_if_ended(jobs, run)
+    done, recorded = guard.progress()
+    if done > index:
+        raise Ignore()  # the chain has moved past this stage: a late copy
+    if done == index:
+        return recorded  # finished, but the next stage may never have been sent: hand it on
+    try:
+        guard.acquire()
+    except Busy:
+        raise _wait_for_lease(task, ctx) from None
+    try:
+        _skip_if_ended(jobs, run)  # again under the lease: the holder may just have finished
+        done, recorded = guard.progress()
+        if done > index:
+            raise Ignore()
+        if done == index:
+            return recorded
+        with Heartbeat([guard.lease.renew], CFG.limits.lease_s / 4):
+            ctx = _work(task, name, ctx, jobs, guard)
+        guard.finished(index, ctx)
+        return ctx
+    finally:
+        guard.release()
+
+
+def _skip_if_ended(jobs: JobStore, run: str) -> None:
     state = jobs.run_state(run)
     if state is not None and (state.terminal or state == RunState.FAILING):
-        raise Ignore()  # a late duplicate of a run that already ended: do nothing
+        raise Ignore()  # a late copy of a run that already ended (or is being compensated): do nothing
+
+
+def _work(task, name: str, ctx: dict, jobs: JobStore, guard: StageGuard) -> dict:
+    run = ctx["run"]
     jobs.update_run(run, state=RunState.RUNNING.value, worker=f"{socket.gethostname()}:{os.getpid()}")
     report = Reporter(jobs, run, task)
     report.stage(name)
@@ -89,7 +141,9 @@ def run_stage(task, name: str, ctx: dict) -> dict:
         jobs.update_run(run, state=RunState.QUEUED.value, stage=f"{name}: waiting ({wait})")
         raise task.retry(args=(ctx,), countdown=random.uniform(*SLOT_WAIT_S), max_retries=None)
     except Exception as exc:
+        guard.release()  # compensation takes the run's lease: let it start at once
         raise _give_up_or_retry(task, name, ctx, exc, jobs) from None
+    ctx.pop("unreachable_since", None)
     ctx.setdefault("timings", {})[name] = round(time.monotonic() - began, 3)
     return ctx
 
@@ -98,6 +152,21 @@ def _give_up_or_retry(task, name: str, ctx: dict, exc: BaseException, jobs: JobS
     err = classify(exc, ctx["pool"])
     if err.code in RELOGIN_CODES:
         connect.forget(ctx["pool"])
+    if err.code == "SESSION_INVALID" and ctx.get("relogins", 0) < MAX_RELOGINS:
+        # the session expired (a transfer handler said so): log in again and go on; not a failure
+        ctx["relogins"] = ctx.get("relogins", 0) + 1
+        return task.retry(args=(ctx,), countdown=0, max_retries=None)
+    if err.code == UNREACHABLE:
+        # a pool that is down for a while (master reboot, network cut): wait for it, in time, not retries
+        since = ctx.setdefault("unreachable_since", time.time())
+        waited = time.time() - since
+        if waited < CFG.retry.unreachable_wait_s:
+            jobs.update_run(ctx["run"], state=RunState.RETRYING.value,
+                            error=f"{err} (waiting for the pool: {waited:.0f}s of {CFG.retry.unreachable_wait_s:.0f}s)")
+            return task.retry(args=(ctx,), countdown=backoff(ctx.get("failures", {}).get(name, 0)),
+                              max_retries=None)
+        reason = f"{name}: {err} (unreachable for {waited:.0f}s)"
+        return _give_up(ctx, name, reason, jobs)
     failures = ctx.setdefault("failures", {}).get(name, 0)
     if err.transient and failures < CFG.retry.max_retries:
         ctx["failures"][name] = failures + 1
@@ -106,7 +175,12 @@ def _give_up_or_retry(task, name: str, ctx: dict, exc: BaseException, jobs: JobS
     reason = f"{name}: {err}"
     if err.transient:  # say why a retryable error still failed the run
         reason += f" (gave up after {failures} retries)"
+    return _give_up(ctx, name, reason, jobs)
+
+
+def _give_up(ctx: dict, name: str, reason: str, jobs: JobStore) -> StageFailed:
     jobs.update_run(ctx["run"], state=RunState.FAILING.value, error=reason, failed_stage=name)
+    ctx.pop("unreachable_since", None)
     compensate.apply_async((ctx, reason), queue=CFG.pool(ctx["pool"]).queue)
     return StageFailed(reason)
 
@@ -118,6 +192,7 @@ def _stage_task(name: str):
         ctx = run_stage(self, name, ctx)
         if name == "cleanup":
             _jobs().finish_run(ctx["run"], RunState.SUCCEEDED, stage="done", **_result_fields(ctx))
+            _guard(ctx["run"]).forget()
             if CFG.retention.active and CFG.retention.after_backup:  # per VM, after each good backup
                 app.send_task("tinabs.prune_vm", args=(ctx["pool"], ctx["vm"]["uuid"]),
                               queue=CFG.pool(ctx["pool"]).queue)
@@ -146,22 +221,40 @@ def compensate(self, ctx: dict, reason: str) -> dict:
     if jobs.run_state(ctx["run"]) == RunState.SUCCEEDED:
         # a stray or duplicated compensation must never delete a verified backup and its kept copy
         return {"run": ctx["run"], "removed": [], "files": [], "skipped": "the run succeeded"}
+    guard = _guard(ctx["run"])
+    try:
+        guard.acquire()  # never while a copy of a stage still works on the run
+    except Busy:
+        raise _wait_for_lease(self, ctx, reason) from None
     try:
         removed = cleanup.remove_pool_objects(_xapi(ctx["pool"]), ctx["run"], keep_kept=False)
         files = cleanup.remove_files(ctx, CFG.destination)
     except Exception as exc:
-        err = classify(exc, ctx["pool"])
-        if err.code in RELOGIN_CODES:
-            connect.forget(ctx["pool"])
-        attempts = ctx.setdefault("failures", {}).get("compensate", 0)
-        if err.transient and attempts < CFG.retry.max_retries * 2:
-            ctx["failures"]["compensate"] = attempts + 1
-            raise self.retry(args=(ctx, reason), countdown=backoff(attempts), max_retries=None) from None
-        jobs.finish_run(ctx["run"], RunState.FAILED, error=f"{reason}; cleanup incomplete: {err}",
-                        compensation="incomplete")
-        raise StageFailed(f"compensation of run {ctx['run']} incomplete: {err}") from None
+        guard.release()
+        raise _compensation_failed(self, ctx, reason, exc, jobs) from None
+    finally:
+        guard.release()
     jobs.finish_run(ctx["run"], RunState.FAILED, error=reason, compensation="done")
+    guard.forget()
     return {"run": ctx["run"], "removed": removed, "files": files}
+
+
+def _compensation_failed(task, ctx: dict, reason: str, exc: BaseException, jobs: JobStore):
+    err = classify(exc, ctx["pool"])
+    if err.code in RELOGIN_CODES:
+        connect.forget(ctx["pool"])
+    attempts = ctx.setdefault("failures", {}).get("compensate", 0)
+    if err.code == UNREACHABLE:  # leave nothing behind: wait for the pool twice as long as a stage would
+        since = ctx.setdefault("unreachable_since", time.time())
+        if time.time() - since < 2 * CFG.retry.unreachable_wait_s:
+            return task.retry(args=(ctx, reason), countdown=backoff(attempts), max_retries=None)
+    elif err.transient and attempts < CFG.retry.max_retries * 2:
+        ctx["failures"]["compensate"] = attempts + 1
+        return task.retry(args=(ctx, reason), countdown=backoff(attempts), max_retries=None)
+    jobs.finish_run(ctx["run"], RunState.FAILED, error=f"{reason}; cleanup incomplete: {err}",
+                    compensation="incomplete")
+    _guard(ctx["run"]).forget()
+    return StageFailed(f"compensation of run {ctx['run']} incomplete: {err} (the janitor will retry)")
 
 
 def build_chain(ctx: dict):
@@ -177,7 +270,8 @@ def run_id(job: str, pool: str, vm_uuid: str) -> str:
 
 @app.task(name="tinabs.plan", bind=True, acks_late=True, max_retries=None, priority=0,
           time_limit=CFG.limits.stage_time_limit_s)
-def plan(self, job: str, pool: str, selector: dict, mode: str, attempt: int = 0) -> list[str]:
+def plan(self, job: str, pool: str, selector: dict, mode: str, attempt: int = 0,
+         unreachable_since: float | None = None) -> list[str]:
     """Select the pool's VMs and fan out one chain per VM (idempotent per run id)."""
     jobs = _jobs()
     try:
@@ -185,7 +279,12 @@ def plan(self, job: str, pool: str, selector: dict, mode: str, attempt: int = 0)
     except Exception as exc:
         err = classify(exc, pool)
         connect.forget(pool)
-        if err.transient and attempt < CFG.retry.max_retries:
+        if err.code == UNREACHABLE:
+            since = unreachable_since or time.time()
+            if time.time() - since < CFG.retry.unreachable_wait_s:
+                raise self.retry(args=(job, pool, selector, mode, attempt, since),
+                                 countdown=backoff(min(attempt, 8)), max_retries=None) from None
+        elif err.transient and attempt < CFG.retry.max_retries:
             raise self.retry(args=(job, pool, selector, mode, attempt + 1), countdown=backoff(attempt),
                              max_retries=None) from None
         jobs.pool_planned(job, [], [f"pool `{pool}`: could not select VMs: {err}"], failed=True)

@@ -3,7 +3,9 @@
 Creates: one VDI snapshot, marked (role system-snapshot) and named
 ``[tinabs] <vm> system snapshot <run>``.
 Earlier attempt: a snapshot of the same system VDI carrying this run's marker
-or name is reused (``VDI.get_snapshots`` of the system disk, cheap).
+or name is reused (``VDI.get_snapshots`` of the system disk, cheap).  The
+XAPI task of the snapshot carries the run's marker, so a snapshot whose
+worker died before marking it is found through its task and marked then.
 Undone by: cleanup / compensation (VDI.destroy by marker or name).  Until
 marked, a new snapshot carries only the system disk's own name, so one that
 cannot be marked is destroyed on the spot: nothing could find it later.
@@ -42,7 +44,9 @@ def run(xapi, ctx: dict, report) -> dict:
         raise Permanent(f"{ctx['vm']['name']} has no system disk at userdevice 0", "NO_SYSTEM_DISK")
     snap = _earlier_snapshot(x, system_vdi, ctx["run"])
     if snap is None:
-        snap = xapi.call_async("VDI.snapshot", system_vdi, {}, progress=report.fraction)
+        snap = _snapshot_of_earlier_task(xapi, ctx, report)
+    if snap is None:
+        snap = xapi.call_async_marked("VDI.snapshot", system_vdi, {}, run=ctx["run"], progress=report.fraction)
         _mark_or_destroy(x, snap, ctx)
     ctx["refs"].update(source_vm=vm, system_vbd=system_vbd, system_vdi=system_vdi, snapshot=snap)
     ctx["skeleton"] = summary(x, rec)
@@ -54,6 +58,18 @@ def _earlier_snapshot(x, system_vdi: str, run: str) -> str | None:
         if markers.is_ours(x.VDI.get_record(snap), run):
             return snap
     return None
+
+
+def _snapshot_of_earlier_task(xapi, ctx: dict, report) -> str | None:
+    """The snapshot an attempt that died while waiting started: finished, or waited for now."""
+    found = None
+    for snap in xapi.orphans_of(ctx["run"], progress=report.fraction):
+        if found is None:
+            found = snap
+            _mark_or_destroy(xapi.x, snap, ctx)
+        else:
+            xapi.x.VDI.destroy(snap)
+    return found
 
 
 def _mark_or_destroy(x, snap: str, ctx: dict) -> None:

@@ -1,6 +1,7 @@
 """Which XAPI and network failures are worth retrying, and what to tell the user."""
 from __future__ import annotations
 
+import errno
 import http.client
 import socket
 import ssl
@@ -15,11 +16,16 @@ TRANSIENT_CODES = {
     "SR_BACKEND_FAILURE", "EVENTS_LOST", "INTERNAL_ERROR",
     "HOST_IS_SLAVE",  # the master moved (failover): log in again through the new master
 }
+#: the pool refuses connections or does not answer at all: waited for in time, not retries
+UNREACHABLE = "UNREACHABLE"
 #: codes after which the cached session must be dropped and a new login made
-RELOGIN_CODES = {"NETWORK", "SESSION_INVALID", "HOST_IS_SLAVE"}
+RELOGIN_CODES = {"NETWORK", UNREACHABLE, "SESSION_INVALID", "HOST_IS_SLAVE"}
+#: errno values that mean "nobody answers there" rather than "the transfer broke"
+_UNREACHABLE_ERRNOS = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN,
+                       errno.ETIMEDOUT}
 #: what a user should do about a permanent failure
 ADVICE = {
-    "SESSION_AUTHENTICATION_FAILED": "check the pool's username and password_env/password_file",
+    "SESSION_AUTHENTICATION_FAILED": "check the pool's username and its password (password_env, password_file or password_secret)",
     "HANDLE_INVALID": "the object no longer exists (VM deleted or renamed during the backup?)",
     "UUID_INVALID": "the VM no longer exists; refresh the selection",
     "VM_IS_TEMPLATE": "templates are not backed up; remove the tag from the template",
@@ -71,9 +77,21 @@ def classify(exc: BaseException, pool: str) -> StageError:
         return StageError(f"pool `{pool}`: TLS certificate not trusted ({exc.verify_message}) — "
                           "set ca_bundle or tls_fingerprint for this pool (or insecure = true, not recommended)",
                           False, "TLS")
+    if _unreachable(exc):
+        return StageError(f"pool `{pool}`: cannot reach the pool, not answering ({type(exc).__name__}: {exc})", True, UNREACHABLE)
     if isinstance(exc, (ConnectionError, socket.timeout, TimeoutError, http.client.HTTPException,
                         xmlrpc.client.ProtocolError, OSError, EOFError)):
         return StageError(f"pool `{pool}`: cannot reach the pool ({type(exc).__name__}: {exc})", True, "NETWORK")
     if isinstance(exc, xmlrpc.client.Fault):
         return StageError(f"pool `{pool}`: XML-RPC fault {exc.faultString}", True, "FAULT")
     return StageError(f"pool `{pool}`: unexpected {type(exc).__name__}: {exc}", False, "BUG")
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Connection refused, reset before any answer, no route, or a connect/read timeout."""
+    if isinstance(exc, (ConnectionRefusedError, http.client.RemoteDisconnected, socket.timeout, TimeoutError,
+                        socket.gaierror)):
+        return True
+    if isinstance(exc, ConnectionResetError):
+        return True  # the host went away mid-call (a transfer cut shows as StreamCut instead)
+    return isinstance(exc, OSError) and exc.errno in _UNREACHABLE_ERRNOS

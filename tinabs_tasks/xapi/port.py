@@ -9,6 +9,15 @@ import XenAPI
 from .connect import PoolSession
 
 NULL_REF = "OpaqueRef:NULL"
+#: on the XAPI tasks tinabs starts: the run they belong to, so the objects a task made after its
+#: worker died (a snapshot, a clone, an import) are found again through the task
+TASK_RUN = "tinabs:task-of"
+#: how long to wait for such a task; one nobody drives (an HTTP transfer's task whose client
+#: died before sending) never ends by itself, and is cancelled after this
+ORPHAN_WAIT_S = 600.0
+TASK_TRANSFER = "tinabs:transfer"
+#: a transfer whose client died ends within moments (the pool sees the cut) or never
+ORPHAN_TRANSFER_WAIT_S = 10.0
 POLL_MIN_S = 0.01
 POLL_MAX_S = 0.5
 
@@ -49,6 +58,37 @@ class Xapi:
             return self.wait_task(task, progress, poll_s, timeout_s)
         finally:
             self._destroy_task(task)
+
+    def call_async_marked(self, method: str, *args, run: str, progress=None, poll_s: float = POLL_MAX_S):
+        """``call_async`` whose task carries ``run``: see ``orphans_of``."""
+        task = self.start_async(method, *args)
+        try:
+            self.mark_task(task, run)
+            return self.wait_task(task, progress, poll_s)
+        finally:
+            self._destroy_task(task)
+
+    def mark_task(self, task: str, run: str, transfer: bool = False) -> None:
+        """``transfer``: the task of an HTTP transfer, which only its client drives."""
+        self.x.task.add_to_other_config(task, TASK_RUN, run)
+        if transfer:
+            self.x.task.add_to_other_config(task, TASK_TRANSFER, "true")
+
+    def orphans_of(self, run: str, progress=None) -> list[str]:
+        """What tasks of ``run`` made whose worker died waiting for them: the results of the
+        finished ones, after waiting for the running ones (each task destroyed once read)."""
+        found = []
+        for task, rec in self.x.task.get_all_records().items():
+            if rec["other_config"].get(TASK_RUN) != run:
+                continue
+            transfer = rec["other_config"].get(TASK_TRANSFER) == "true"
+            try:
+                result = self.finish(task, progress, timeout_s=ORPHAN_TRANSFER_WAIT_S if transfer else ORPHAN_WAIT_S)
+            except XenAPI.Failure:  # that attempt failed (or never sent its data): it made nothing
+                continue
+            found += [r for r in (result if isinstance(result, list) else str(result).split(","))
+                      if r.startswith("OpaqueRef:") and r != NULL_REF]
+        return found
 
     def wait_task(self, task: str, progress=None, poll_s: float = POLL_MAX_S, timeout_s: float = 6 * 3600):
         """Poll a task until it ends.  The interval starts at 10 ms and doubles up to ``poll_s``:
