@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 PREFIX = "tinabs"
-#: how long job/run state and results live (seconds): a week of history
+#: how long a job's state lives after the job ends, unless the config says ([limits] state_ttl_s)
 STATE_TTL_S = 7 * 24 * 3600
+#: how long a job's state lives while the job runs (at least): a job that never ends (its
+#: tasks lost with a wiped queue) still goes away, and a short state_ttl_s never expires a
+#: running job's state under it
+ACTIVE_HOLD_S = 7 * 24 * 3600
 
 
 def job(job_id: str) -> str:
@@ -21,26 +25,52 @@ def job_notes(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:notes"
 
 
+def job_ended(job_id: str) -> str:
+    """Set of the job's run ids that reached a terminal state (the job ends when all have)."""
+    return f"{PREFIX}:job:{job_id}:ended"
+
+
 def jobs_index() -> str:
-    """Sorted set of job ids by creation time (for `tinabs status` without a job)."""
+    """Sorted set of job ids by creation time (for `tinabs status` without a job).  Each job's
+    end drops the entries whose state has expired and lets the set expire with the last of
+    them; a job's creation trims entries older than any job's state can live."""
     return f"{PREFIX}:jobs"
 
 
 def run(run_id: str) -> str:
-    """Hash: job, pool, vm, stage, state, bytes, rate, error, paths, timings."""
+    """Hash: job, pool, vm, stage, state, bytes, rate, error, paths, timings.  Like every key
+    of a job, it lives ACTIVE_HOLD_S while the job runs and the state TTL once it has ended."""
     return f"{PREFIX}:run:{run_id}"
 
 
 def semaphore(pool: str) -> str:
-    """Sorted set of export/copy lease tokens by expiry time, per pool."""
+    """Sorted set of export/copy lease tokens by expiry time, per pool; the set expires with
+    its latest lease (an acquire or renewal moves its expiry)."""
     return f"{PREFIX}:sem:{pool}"
 
 
 def semaphore_wake(pool: str) -> str:
-    """List a released slot pushes to, so a waiting export starts at once."""
+    """List a released slot pushes to, so a waiting export starts at once (expires 60 s after
+    the last release)."""
     return f"{PREFIX}:sem:{pool}:wake"
 
 
 def lease(name: str) -> str:
-    """A single-holder lease (e.g. the export of one run), value = holder token."""
+    """A single-holder lease (e.g. the export of one run), value = holder token; expires
+    unless its holder renews it."""
     return f"{PREFIX}:lease:{name}"
+
+
+def run_progress(run_id: str) -> str:
+    """Hash: index of the last finished stage of a run and the context it produced (stage guard)."""
+    return f"{PREFIX}:run:{run_id}:progress"
+
+
+def run_lease_name(run_id: str) -> str:
+    """Lease name held by whatever works on a run: one stage or its compensation at a time."""
+    return f"run:{run_id}"
+
+
+def vm_lock(pool: str, vm_uuid: str) -> str:
+    """The run currently backing up a VM (value = run id): a VM is in one run at a time."""
+    return f"{PREFIX}:vmlock:{pool}:{vm_uuid}"

@@ -1,7 +1,8 @@
 """Per-pool limits on concurrent exports/copies: a Redis semaphore with leases.
 
 A holder must renew its lease; a worker that dies stops renewing and its slot
-frees itself when the lease expires, so a crash never wedges a pool.
+frees itself when the lease expires, so a crash never wedges a pool (and the
+set itself expires with its last lease, so nothing of it outlives the work).
 Single-holder leases (``Lease``) guard one export so a redelivered copy of
 the same task never writes the same file concurrently.
 """
@@ -17,10 +18,12 @@ _ACQUIRE = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 if redis.call('ZSCORE', KEYS[1], ARGV[3]) then
   redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
+  redis.call('EXPIREAT', KEYS[1], math.ceil(tonumber(ARGV[4])) + 1)
   return 1
 end
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
   redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
+  redis.call('EXPIREAT', KEYS[1], math.ceil(tonumber(ARGV[4])) + 1)
   return 1
 end
 return 0
@@ -28,6 +31,7 @@ return 0
 _RENEW = """
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+  redis.call('EXPIREAT', KEYS[1], math.ceil(tonumber(ARGV[2])) + 1)
   return 1
 end
 return 0

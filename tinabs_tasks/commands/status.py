@@ -27,7 +27,9 @@ def run(args) -> int:
         return 0
     job = store.job(args.job)
     if job is None:
-        raise UserError(f"no job {args.job!r} (jobs are kept for 7 days; `tinabs status` lists recent ones)")
+        kept = f"{store.ttl_s / 86400:g} days" if store.ttl_s >= 86400 else f"{store.ttl_s} s"
+        raise UserError(f"no job {args.job!r} (a job is kept {kept} after it ends, [limits] state_ttl_s; "
+                        "`tinabs status` lists recent ones)")
     if args.json:
         print(json.dumps(job, indent=2, default=str))
     else:
