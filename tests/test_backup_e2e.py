@@ -48,34 +48,39 @@ def _system_vdi(state_pool: dict, vm: dict) -> dict:
 def test_both_modes_in_parallel_on_two_pools(deployment):
     dep = deployment
     before = dep.sim.state()
-    # When an export job and an sr-copy job of every VM run at the same time
-    jobs = [_popen_backup(dep, "--all", "--mode", "export"), _popen_backup(dep, "--all", "--mode", "sr-copy")]
-    results = []
-    for proc in jobs:
-        out, err = proc.communicate(timeout=240)
-        assert proc.returncode == 0, f"{out}\n{err}"
-        results.append(json.loads(out))
-    export_job, copy_job = results
-    # Then each job has one succeeded run per backupable VM of each pool
+    # When an export job of one pool and an sr-copy job of the other run at the same time, and then the
+    # other way round (a VM is in one run at a time, so two jobs never take the same VM at once)
+    export_runs, copy_runs = [], []
+    for export_pool, copy_pool in (("pool-a", "pool-b"), ("pool-b", "pool-a")):
+        jobs = [_popen_backup(dep, "--all", "--pool", export_pool, "--mode", "export"),
+                _popen_backup(dep, "--all", "--pool", copy_pool, "--mode", "sr-copy")]
+        results = []
+        for proc in jobs:
+            out, err = proc.communicate(timeout=240)
+            assert proc.returncode == 0, f"{out}\n{err}"
+            results.append(json.loads(out))
+        export_runs += results[0]["runs"]
+        copy_runs += results[1]["runs"]
+    # Then each mode has one succeeded run per backupable VM of each pool
     expected = {(pool, vm["uuid"]) for pool in before["pools"] for vm in backupable_vms(before, pool)}
-    for job in results:
-        assert {(r["pool"], r["vm_uuid"]) for r in job["runs"]} == expected
-        assert all(r["state"] == "succeeded" for r in job["runs"]), job["runs"]
+    for runs in (export_runs, copy_runs):
+        assert sorted((r["pool"], r["vm_uuid"]) for r in runs) == sorted(expected)
+        assert all(r["state"] == "succeeded" for r in runs), runs
     after = dep.sim.state()
     # And the .xva of every VM carries its skeleton, its system disk bytes and empty data disks
-    for run in export_job["runs"]:
+    for run in export_runs:
         _check_export(dep, before["pools"][run["pool"]], run)
     # And every sr-copy backup has its disk on the backup SR with the system disk's bytes
-    for run in copy_job["runs"]:
+    for run in copy_runs:
         _check_sr_copy(dep, before["pools"][run["pool"]], after["pools"][run["pool"]], run)
     # And nothing of tinabs is left on the pools but the kept sr-copy disks
     assert litter(after) == {}
     kept = tinabs_objects(after).get("VDI", [])
-    assert len(kept) == len(copy_job["runs"])
+    assert len(kept) == len(copy_runs)
     # And the destination holds exactly one data file and one manifest per run, no partial file
     files = dep.files()
     assert not [f for f in files if f.name.endswith(".partial")]
-    assert len([f for f in files if f.suffix == ".json"]) == len(export_job["runs"]) + len(copy_job["runs"])
+    assert len([f for f in files if f.suffix == ".json"]) == len(export_runs) + len(copy_runs)
 
 
 def _check_export(dep, pool_state: dict, run: dict) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -96,8 +97,9 @@ def test_a_redis_restart_mid_job_loses_nothing_and_duplicates_nothing(setup):
     # Given a job over 5 VMs whose transfers are slowed, so it is mid-way when Redis goes
     dep.sim.add_fault({"handler": "/export", "delay_s": 1.5, "pool": POOL})
     before = set(dep.files())
-    proc = dep.cli("backup", "--all", "--pool", POOL, "--mode", "export", "--json", check=True)
-    job = json.loads(proc.stdout)["job"]
+    waiting = subprocess.Popen([sys.executable, "-m", "tinabs_tasks.cli", "backup", "--all", "--pool", POOL,
+                                "--mode", "export", "--wait", "--json"], env=dep.env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not dep.sim.control_call("GET", "/sim/faults")[1]["faults"][0]["fired"]:
         assert time.monotonic() < deadline, "no export started"
@@ -106,6 +108,10 @@ def test_a_redis_restart_mid_job_loses_nothing_and_duplicates_nothing(setup):
     server.kill()
     time.sleep(2)
     server.start()
+    # Then `tinabs backup --wait` rode out the outage and saw the job end
+    out, err = waiting.communicate(timeout=240)
+    assert waiting.returncode == 0, f"exit {waiting.returncode}\n{out}\n{err}"
+    job = json.loads(out)["id"]
     # Then the job ends with every VM backed up exactly once, nothing partial, nothing left on the pool
     state = _job_state(dep, job, timeout=240)
     assert len(state["runs"]) == 5

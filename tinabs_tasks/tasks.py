@@ -25,6 +25,7 @@ from .redis_client import client
 from .stages import cleanup, copy, disks, export, metadata, plan as plan_stage, skeleton, snapshot, vifs
 from .stages.errors import StageFailed, WaitForSlot
 from .stage_guard import Busy, StageGuard, wait_countdown
+from .vm_lock import VmLocks, chain_ttl_s, skipped_note
 from .stages.slots import Slots
 from .limits import Heartbeat
 from .xapi import connect
@@ -44,6 +45,16 @@ REDIS_OUTAGE_S = 120.0
 
 def _redis():
     return client(CFG.broker_url, outage_s=REDIS_OUTAGE_S)
+
+
+def _vm_locks() -> VmLocks:
+    return VmLocks(_redis(), chain_ttl_s(CFG.limits))
+
+
+def _run_ended(ctx: dict) -> None:
+    """Whatever the outcome: the stage guard's record goes, the VM is free for the next run."""
+    _guard(ctx["run"]).forget()
+    _vm_locks().release(ctx["pool"], ctx["vm"]["uuid"], ctx["run"])
 
 
 def _jobs() -> JobStore:
@@ -115,6 +126,7 @@ def run_stage(task, name: str, ctx: dict) -> dict:
             raise Ignore()
         if done == index:
             return recorded
+        _vm_locks().renew(ctx["pool"], ctx["vm"]["uuid"], run)
         with Heartbeat([guard.lease.renew], CFG.limits.lease_s / 4):
             ctx = _work(task, name, ctx, jobs, guard)
         guard.finished(index, ctx)
@@ -192,7 +204,7 @@ def _stage_task(name: str):
         ctx = run_stage(self, name, ctx)
         if name == "cleanup":
             _jobs().finish_run(ctx["run"], RunState.SUCCEEDED, stage="done", **_result_fields(ctx))
-            _guard(ctx["run"]).forget()
+            _run_ended(ctx)
             if CFG.retention.active and CFG.retention.after_backup:  # per VM, after each good backup
                 app.send_task("tinabs.prune_vm", args=(ctx["pool"], ctx["vm"]["uuid"]),
                               queue=CFG.pool(ctx["pool"]).queue)
@@ -235,7 +247,7 @@ def compensate(self, ctx: dict, reason: str) -> dict:
     finally:
         guard.release()
     jobs.finish_run(ctx["run"], RunState.FAILED, error=reason, compensation="done")
-    guard.forget()
+    _run_ended(ctx)
     return {"run": ctx["run"], "removed": removed, "files": files}
 
 
@@ -253,7 +265,7 @@ def _compensation_failed(task, ctx: dict, reason: str, exc: BaseException, jobs:
         return task.retry(args=(ctx, reason), countdown=backoff(attempts), max_retries=None)
     jobs.finish_run(ctx["run"], RunState.FAILED, error=f"{reason}; cleanup incomplete: {err}",
                     compensation="incomplete")
-    _guard(ctx["run"]).forget()
+    _run_ended(ctx)
     return StageFailed(f"compensation of run {ctx['run']} incomplete: {err} (the janitor will retry)")
 
 
@@ -262,6 +274,11 @@ def build_chain(ctx: dict):
     names = STAGES[ctx["mode"]]
     first = TASKS[names[0]].s(ctx).set(queue=queue)
     return chain(first, *(TASKS[n].s().set(queue=queue) for n in names[1:]))
+
+
+def _ended_or_unknown(jobs: JobStore, run: str) -> bool:
+    state = jobs.run_state(run)
+    return state is None or state.terminal
 
 
 def run_id(job: str, pool: str, vm_uuid: str) -> str:
@@ -291,8 +308,16 @@ def plan(self, job: str, pool: str, selector: dict, mode: str, attempt: int = 0,
         return []
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     runs = []
+    locks = _vm_locks()
     for vm in vms:
         rid = run_id(job, pool, vm["uuid"])
+        holder = locks.acquire(pool, vm["uuid"], rid)
+        if holder is not None and _ended_or_unknown(jobs, holder) and locks.take_over(pool, vm["uuid"], holder, rid):
+            holder = None  # its run ended without releasing it (a crash at the very end)
+        if holder is not None:  # an earlier job (last night's, still going) has this VM: never twice at once
+            other = jobs.run(holder) or {}
+            notes.append(skipped_note(vm["name"], other.get("job", "?"), holder, other.get("state", "state unknown")))
+            continue
         ctx = {"job": job, "run": rid, "pool": pool, "mode": mode, "vm": vm, "stamp": stamp,
                "refs": {}, "timings": {}, "failures": {}}
         paths = destination.backup_paths(ctx, CFG.destination)
@@ -305,9 +330,10 @@ def plan(self, job: str, pool: str, selector: dict, mode: str, attempt: int = 0,
                 build_chain(ctx).apply_async()
             except BaseException:
                 jobs.unclaim_send(rid)
+                locks.release(pool, vm["uuid"], rid)
                 raise
         runs.append(rid)
-    if not vms:
+    if not vms:  # (a VM skipped because another run has it matched: that is in the notes)
         notes.append(f"pool `{pool}`: no VM matches {plan_stage.describe(selector)}")
     jobs.pool_planned(job, runs, notes)
     return runs

@@ -10,12 +10,17 @@ import json
 import sys
 import time
 
+import redis
+
 from ..config import MODES
 from ..stages.plan import describe
+from ..vm_lock import SKIPPED
 from .common import UserError, job_store, load_config
 from .status import render
 
 NO_WORKER_HINT_S = 30
+#: how long --wait rides out a broker that went away (a Redis restart): the job goes on meanwhile
+BROKER_OUTAGE_S = 300
 
 
 def add_arguments(parser) -> None:
@@ -66,6 +71,11 @@ def run(args) -> int:
 
 def _nothing_backed_up(job: dict, selector: dict, pools: list[str]) -> int:
     """No run at all: a pool that could not be asked (1) is not the same as no VM matching (3)."""
+    skipped = [n for n in job.get("notes", []) if SKIPPED in n]
+    if skipped and not job.get("plan_errors"):
+        print(f"tinabs: every matching VM is still being backed up by an earlier job ({len(skipped)} VM(s)); "
+              "nothing new was started", file=sys.stderr)
+        return 0
     if job.get("plan_errors"):
         print(f"tinabs: could not select VMs on {job['plan_errors']} pool(s); nothing was backed up "
               "(the job's notes say why; `tinabs check-config` tests each pool)", file=sys.stderr)
@@ -90,8 +100,23 @@ def follow(store, job_id: str, quiet: bool, timeout: float = 0) -> dict:
     began = time.monotonic()
     last_lines: dict[str, str] = {}
     hinted = False
+    lost_since, said_lost = None, False
     while True:
-        job = store.job(job_id)
+        try:
+            job = store.job(job_id)
+        except redis.AuthenticationError:
+            raise  # waiting cannot fix a refused password
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            lost_since = lost_since or time.monotonic()
+            if time.monotonic() - lost_since > BROKER_OUTAGE_S:
+                raise UserError(f"lost the broker for {BROKER_OUTAGE_S}s ({exc}); the job goes on without this "
+                                f"command — `tinabs status {job_id}` once Redis is back") from None
+            if not quiet and not said_lost:
+                print("  (lost the broker; waiting for it — the job goes on meanwhile)", flush=True)
+                said_lost = True
+            time.sleep(1)
+            continue
+        lost_since, said_lost = None, False
         if not quiet:
             _print_changes(job, last_lines)
         if job["done"]:

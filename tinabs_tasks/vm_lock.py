@@ -1,0 +1,71 @@
+"""A VM is backed up by one run at a time, whichever job or schedule started it.
+
+A nightly job that is still going when the next schedule fires must not start
+the same VM again.  ``plan`` takes the VM's lock for its run before sending the
+chain; every stage renews it; the run's end (success or compensation)
+releases it.  If a run is lost for good (its messages wiped with Redis), the
+lock still expires: it outlives the longest possible chain, no more.
+"""
+from __future__ import annotations
+
+from . import keys
+
+#: how a job's notes say a VM was left to the run that has it (see ``skipped_note``)
+SKIPPED = "skipped: still being backed up"
+
+
+def skipped_note(vm_name: str, job: str, run: str, state: str) -> str:
+    return f"`{vm_name}` {SKIPPED} by job {job} (run {run}, {state})"
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+_TAKE_OVER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+  return 1
+end
+return 0
+"""
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+class VmLocks:
+    def __init__(self, redis, ttl_s: int):
+        self.r, self.ttl_s = redis, int(ttl_s)
+        self._release = redis.register_script(_RELEASE)
+        self._renew = redis.register_script(_RENEW)
+        self._take_over = redis.register_script(_TAKE_OVER)
+
+    def acquire(self, pool: str, vm_uuid: str, run: str) -> str | None:
+        """None when ``run`` holds the lock now (also when it held it already); else the holder."""
+        key = keys.vm_lock(pool, vm_uuid)
+        if self.r.set(key, run, nx=True, ex=self.ttl_s):
+            return None
+        holder = self.r.get(key)
+        if holder == run or holder is None and self.r.set(key, run, nx=True, ex=self.ttl_s):
+            return None
+        return holder
+
+    def take_over(self, pool: str, vm_uuid: str, old: str, run: str) -> bool:
+        """The lock of a run that has ended (or that Redis no longer knows) passes to ``run``."""
+        return bool(self._take_over(keys=[keys.vm_lock(pool, vm_uuid)], args=[old, run, self.ttl_s]))
+
+    def renew(self, pool: str, vm_uuid: str, run: str) -> bool:
+        return bool(self._renew(keys=[keys.vm_lock(pool, vm_uuid)], args=[run, self.ttl_s]))
+
+    def release(self, pool: str, vm_uuid: str, run: str) -> None:
+        self._release(keys=[keys.vm_lock(pool, vm_uuid)], args=[run])
+
+
+def chain_ttl_s(limits) -> int:
+    """Longer than any chain can take: each stage at its time limit, the transfers at theirs."""
+    return int(limits.export_time_limit_s * 2 + limits.stage_time_limit_s * 6)
