@@ -74,10 +74,36 @@ def celery_settings(cfg: config_mod.Config) -> dict:
     }
 
 
+# --- celery beat (issue 6, schedules): redbeat keeps the schedule and the active beat's lock in Redis
+def beat_settings(cfg: config_mod.Config) -> dict:
+    """Beat's entries come from the config's [schedule] (schedule_times.beat_schedule).  Every beat
+    started takes its place in line for one lock in Redis; only its holder sends tasks, so two or
+    more beats can run for availability and a tick is sent once.  Crontabs are read in
+    [schedule] timezone, which becomes the app's time zone when there is one (tinabs' own times
+    stay UTC; Celery's are timezone-aware either way)."""
+    from . import keys
+    from .schedule_times import beat_loop_interval, beat_schedule
+    sched = cfg.schedule
+    lock_timeout = sched.lock_timeout_s if sched else 60
+    settings = {
+        "beat_scheduler": "tinabs_tasks.beat_scheduler:Scheduler",  # redbeat, URL set in beat only
+        "beat_schedule": beat_schedule(sched),
+        "beat_max_loop_interval": beat_loop_interval(lock_timeout),  # also how often the lock is renewed
+        "redbeat_redis_options": {},  # set, so redbeat does not read the broker's transport options
+        "redbeat_key_prefix": keys.REDBEAT_PREFIX,
+        "redbeat_lock_timeout": lock_timeout,
+    }
+    if sched and sched.timezone:
+        settings["timezone"] = sched.timezone
+    return settings
+
+
 def make_app(cfg: config_mod.Config | None = None) -> Celery:
     cfg = cfg or config_mod.load()
-    app = Celery("tinabs", include=["tinabs_tasks.tasks", "tinabs_tasks.tasks_restore", "tinabs_tasks.tasks_upkeep"])
+    app = Celery("tinabs", include=["tinabs_tasks.tasks", "tinabs_tasks.tasks_restore", "tinabs_tasks.tasks_upkeep",
+                                    "tinabs_tasks.tasks_schedule"])
     app.conf.update(celery_settings(cfg))
+    app.conf.update(beat_settings(cfg))
     app.tinabs_config = cfg
     for line in insecure_warnings(cfg.pools.values()):  # at every start of a worker
         log.warning("%s", line)

@@ -23,6 +23,10 @@ COMMANDS = {
     "restore": ("tinabs_tasks.commands.restore", "restore a backup into a pool"),
     "prune": ("tinabs_tasks.commands.prune", "apply the retention policy"),
     "janitor": ("tinabs_tasks.commands.janitor", "remove litter of dead runs from pools and the destination"),
+    "schedule": ("tinabs_tasks.commands.schedule", "show the schedules beat runs and their next run times"),
+    "worker": ("tinabs_tasks.commands.worker", "start a Celery worker for some or all pools"),
+    "beat": ("tinabs_tasks.commands.beat", "start Celery beat (schedules, RedBeat)"),
+    "metrics": ("tinabs_tasks.commands.metrics", "serve tinabs' own figures to Prometheus (/metrics)"),
 }
 
 

@@ -11,8 +11,13 @@ from __future__ import annotations
 import os
 import tomllib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .secret_files import SecretError, read_password_file, read_secret
+from .reports_config import ReportsConfig, parse as parse_reports
+
+if TYPE_CHECKING:  # schedules.py imports this module
+    from .schedules import ScheduleConfig
 
 MODES = ("export", "sr-copy")
 DEFAULT_PATH = "/etc/tinabs/tinabs.toml"
@@ -144,7 +149,10 @@ class Config:
     limits: LimitsConfig = LimitsConfig()
     retention: RetentionConfig = RetentionConfig()
     janitor: JanitorConfig = JanitorConfig()
+    reports: ReportsConfig = ReportsConfig()  # [reports]: see reports_config.py
     path: str = ""
+    #: [schedule] (schedules.py); None when the file has none: nothing is scheduled
+    schedule: ScheduleConfig | None = None
 
     def pool(self, name: str) -> PoolConfig:
         try:
@@ -154,7 +162,8 @@ class Config:
 
 
 _TOP = {"broker_url", "result_backend", "destination", "default_mode", "pools", "retry", "limits",
-        "retention", "janitor", "secrets_dir"}
+        "retention", "janitor", "secrets_dir", "reports",
+        "schedule"}
 _POOL = {"master", "username", *PASSWORD_SOURCES, "password", "allow_inline_password",
          "verify_tls", "insecure", "ca_bundle", "tls_fingerprint", "shared_sr", "backup_sr", "max_concurrent_exports"}
 
@@ -214,7 +223,14 @@ def parse(raw: dict, path: str = "<config>") -> Config:
                   default_mode=mode, retry=_section(raw, "retry", RetryConfig, path),
                   limits=_section(raw, "limits", LimitsConfig, path),
                   retention=_retention(raw, path), janitor=_section(raw, "janitor", JanitorConfig, path),
-                  path=path)
+                  reports=parse_reports(raw.get("reports"), path, secrets), path=path,
+                  schedule=_schedule(raw, path, list(pools), mode))
+
+
+def _schedule(raw: dict, path: str, pools: list[str], mode: str):
+    """[schedule], parsed by schedules.py (imported here: it imports ConfigError from this module)."""
+    from .schedules import parse_schedule
+    return parse_schedule(raw.get("schedule"), path, pools, mode)
 
 
 def _retention(raw: dict, path: str) -> RetentionConfig:

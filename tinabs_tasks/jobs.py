@@ -42,10 +42,20 @@ for _, key in ipairs(KEYS) do
 end
 """
 
+#: true for the first caller only, and never re-creates a job whose state has expired
+_CLAIM_END = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+return redis.call('HSETNX', KEYS[1], 'report_claimed', ARGV[1])
+"""
+
 
 class JobStore:
-    def __init__(self, redis, ttl_s: int = keys.STATE_TTL_S):
+    def __init__(self, redis, ttl_s: int = keys.STATE_TTL_S, on_end=None):
         self.r = redis
+        #: called with the job id once per job, by whoever claims its end first (the workers
+        #: send `tinabs.report` from it; see tasks_report.py)
+        self.on_end = on_end
+        self._claim_end = redis.register_script(_CLAIM_END)
         self.ttl_s = int(ttl_s)
         self.hold_s = max(self.ttl_s, keys.ACTIVE_HOLD_S)
         self._keep_ttl = redis.register_script(_KEEP_TTL)
@@ -96,6 +106,9 @@ class JobStore:
             pipe.expire(key, self.ttl_s)
         pipe.execute()
         self.r.transaction(self._tidy_index, keys.jobs_index())
+        # ended: however many callers see it (two runs ending at once, a redelivered task), one claims it
+        if self.on_end is not None and self._claim_end(keys=[keys.job(job_id)], args=[int(time.time())]):
+            self.on_end(job_id)
 
     def _tidy_index(self, watched) -> None:
         """The index lists only jobs whose state still exists, and expires with the last of them.

@@ -11,7 +11,8 @@ ACTIVE_HOLD_S = 7 * 24 * 3600
 
 
 def job(job_id: str) -> str:
-    """Hash: selector, mode, pools, created, planned/expected pool counts, notes."""
+    """Hash: selector, mode, pools, created, planned/expected pool counts, notes; once the job has
+    ended, ``report_claimed`` (set once: who sends the report) and ``report`` (reports.py)."""
     return f"{PREFIX}:job:{job_id}"
 
 
@@ -74,3 +75,66 @@ def run_lease_name(run_id: str) -> str:
 def vm_lock(pool: str, vm_uuid: str) -> str:
     """The run currently backing up a VM (value = run id): a VM is in one run at a time."""
     return f"{PREFIX}:vmlock:{pool}:{vm_uuid}"
+
+
+# -- tinabs' own figures for Prometheus (tinabs_tasks/metrics.py) ------------------------------
+#: how long a pool's or a VM's figures live after the last run that touched them: counters must
+#: outlast any scrape gap, and a VM's last success must stay visible (an alert) long after it
+#: stopped being backed up; only a VM gone for over a year drops out
+METRICS_TTL_S = 400 * 24 * 3600
+
+
+def metrics_pools() -> str:
+    """Set of the pool names that have figures."""
+    return f"{PREFIX}:metrics:pools"
+
+
+def metrics_pool(pool: str) -> str:
+    """Hash of a pool's counters: `backups_succeeded`, `backups_failed`, `bytes_exported`."""
+    return f"{PREFIX}:metrics:pool:{pool}"
+
+
+def metrics_vms(pool: str) -> str:
+    """Set of the uuids of a pool's VMs that have figures."""
+    return f"{PREFIX}:metrics:pool:{pool}:vms"
+
+
+def metrics_vm(pool: str, vm_uuid: str) -> str:
+    """Hash: name, last_result, last_end, and of the last success: last_success (time), last_size,
+    last_seconds (time spent in its stages)."""
+    return f"{PREFIX}:metrics:vm:{pool}:{vm_uuid}"
+
+
+def metrics_counted(run_id: str) -> str:
+    """Set once a run's end is counted (a run's end may be reported twice: never counted twice);
+    lives as long as a job's state can."""
+    return f"{PREFIX}:metrics:counted:{run_id}"
+
+
+#: celery-redbeat's keys (``redbeat_key_prefix``): ``<prefix><entry name>`` per schedule entry
+#: (hash: definition, meta with last_run_at), ``<prefix>:schedule`` (sorted set of entries by next
+#: run), ``<prefix>:statics`` (the entry names the config gave at beat's last start) and
+#: ``<prefix>:lock`` (the active beat's lock)
+REDBEAT_PREFIX = f"{PREFIX}:redbeat:"
+
+
+def redbeat_lock() -> str:
+    return f"{REDBEAT_PREFIX}:lock"
+
+
+def redbeat_statics() -> str:
+    return f"{REDBEAT_PREFIX}:statics"
+
+
+def redbeat_entry(name: str) -> str:
+    return f"{REDBEAT_PREFIX}{name}"
+
+
+def schedule_tick(task_id: str) -> str:
+    """The job one scheduled tick started (value = job id), so a redelivered tick starts no second job."""
+    return f"{PREFIX}:schedule:tick:{task_id}"
+
+
+def schedule_last(name: str) -> str:
+    """JSON of the last job a schedule entry started: job, selector, started (for `tinabs schedule show`)."""
+    return f"{PREFIX}:schedule:last:{name}"

@@ -17,7 +17,7 @@ import time
 from celery import chain
 from celery.exceptions import Ignore
 
-from . import destination
+from . import destination, metrics
 from .app import app
 from .jobs import JobStore, RunState
 from .progress import Reporter
@@ -27,6 +27,7 @@ from .stages.errors import StageFailed, WaitForSlot
 from .stage_guard import Busy, StageGuard, wait_countdown
 from .vm_lock import VmLocks, chain_ttl_s, skipped_note
 from .stages.slots import Slots
+from .tasks_report import request_report
 from .limits import Heartbeat
 from .xapi import connect
 from .xapi.errors import RELOGIN_CODES, UNREACHABLE, classify
@@ -55,10 +56,12 @@ def _run_ended(ctx: dict) -> None:
     """Whatever the outcome: the stage guard's record goes, the VM is free for the next run."""
     _guard(ctx["run"]).forget()
     _vm_locks().release(ctx["pool"], ctx["vm"]["uuid"], ctx["run"])
+    jobs = _jobs()  # its state is final by now: count it for `tinabs metrics` (once, however often we get here)
+    metrics.count_run_end(_redis(), jobs.run(ctx["run"]), jobs.hold_s)
 
 
 def _jobs() -> JobStore:
-    return JobStore(_redis(), CFG.limits.state_ttl_s)
+    return JobStore(_redis(), CFG.limits.state_ttl_s, on_end=request_report)  # a job's end sends its report
 
 
 def _xapi(pool: str) -> Xapi:

@@ -13,6 +13,7 @@ import time
 import redis
 
 from ..config import MODES
+from ..jobstart import check_pools, start_job
 from ..stages.plan import describe
 from ..vm_lock import SKIPPED
 from .common import UserError, job_store, load_config
@@ -38,17 +39,10 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     selector = _selector(args)
     cfg = load_config(args)
-    # a pool named twice would get two concurrent `plan` tasks racing to send the same chains
-    pools = list(dict.fromkeys(args.pool)) if args.pool else sorted(cfg.pools)
-    for name in pools:
-        if name not in cfg.pools:
-            raise UserError(f"unknown pool `{name}`; configured pools: {', '.join(sorted(cfg.pools))}")
+    pools = check_pools(cfg, args.pool)  # an unknown pool: one line, exit 2
     mode = args.mode or cfg.default_mode
     store = job_store(cfg)
-    from ..tasks import plan  # loads the Celery app (needs only the broker)
-    job_id = store.create_job(selector, mode, pools)
-    for name in pools:
-        plan.apply_async((job_id, name, selector, mode), queue=cfg.pool(name).queue)
+    job_id = start_job(cfg, store, selector, mode, pools)
     if not args.wait:
         print(json.dumps({"job": job_id}) if args.json else f"job {job_id} queued; `tinabs status {job_id}`")
         return 0

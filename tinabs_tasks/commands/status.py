@@ -5,6 +5,7 @@ import datetime as dt
 import json
 import sys
 
+from ..reports import stored as stored_report
 from .common import UserError, human_bytes, job_store, load_config
 
 
@@ -30,6 +31,7 @@ def run(args) -> int:
         kept = f"{store.ttl_s / 86400:g} days" if store.ttl_s >= 86400 else f"{store.ttl_s} s"
         raise UserError(f"no job {args.job!r} (a job is kept {kept} after it ends, [limits] state_ttl_s; "
                         "`tinabs status` lists recent ones)")
+    job["report"] = stored_report(job)  # the job's summary and where it was sent, once it has ended
     if args.json:
         print(json.dumps(job, indent=2, default=str))
     else:
@@ -63,7 +65,29 @@ def render(job: dict) -> str:
                      f"{_size(r):>10} {rate:>11}  {detail}")
     for note in job["notes"]:
         lines.append(f"note: {note}")
-    return "\n".join(lines)
+    return "\n".join(lines + _report_lines(job))
+
+
+def _report_lines(job: dict) -> list[str]:
+    """Where the job's report went ([reports]): one line per channel."""
+    report = stored_report(job)
+    if report is None:
+        return ["report: being prepared"] if job.get("report_claimed") else []
+    if not report["delivery"]:
+        return ["report: stored, not sent (no [reports] channel configured)"]
+    lines = []
+    for channel, d in report["delivery"].items():
+        if d["status"] == "sent":
+            lines.append(f"report: {channel} {d.get('detail', 'sent')} at {d.get('at', '?')}")
+        elif d["status"] == "not sent":
+            lines.append(f"report: {channel} not sent ({d.get('why', '')})")
+        elif d["status"] == "failed":
+            lines.append(f"report: {channel} FAILED after {d['attempts']} attempt(s): {d.get('error', '')}")
+        elif d["status"] == "retrying":
+            lines.append(f"report: {channel} attempt {d['attempts']} failed, trying again: {d.get('error', '')}")
+        else:
+            lines.append(f"report: {channel} {d['status']}")
+    return lines
 
 
 def _size(run: dict) -> str:
