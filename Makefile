@@ -6,7 +6,7 @@ VPIP   := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv redis test demo bench clean
+.PHONY: venv redis browser tools test demo bench clean
 
 venv: $(STAMP)
 
@@ -23,7 +23,25 @@ $(STAMP): pyproject.toml $(wildcard tinabs_tasks/__init__.py) | $(VPY)
 redis: venv
 	bash scripts/ensure-redis.sh
 
-test: venv redis
+# Headless Chromium and its WebDriver for tests/test_flower_browser.py, from Debian's packages
+# (CI runs on a clean Debian machine as root; elsewhere sudo is used).
+BROWSER_BINS := /usr/bin/chromium /usr/bin/chromedriver
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+browser:
+	@for bin in $(BROWSER_BINS); do [ -x "$$bin" ] || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+		echo "browser: installing chromium and chromium-driver with apt-get"; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1 apt-get install -y -qq --no-install-recommends \
+			chromium chromium-driver >/dev/null; \
+	fi
+
+# docker-compose, systemd-analyze, ip and unshare for the deployment tests (issue 6), from Debian's packages
+tools:
+	bash scripts/ensure-test-tools.sh
+
+test: venv redis browser tools
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 demo: venv redis

@@ -131,6 +131,47 @@ def test_port_puts_control_on_p_and_pool_k_on_p_plus_k(launch):
     assert login(info["pools"][1]["master"], info["pools"][1]).xenapi.pool.get_all()
 
 
+# -- --pool-address: masters where other hosts (network namespaces, containers) reach them ----------
+def test_pool_address_puts_each_master_on_its_own_address(launch, tmp_path):
+    # When each pool is given an address of its own (loopback ones here: all of 127/8 is local)
+    config = tmp_path / "tinabs.toml"
+    _, info, _ = launch("--pools", "2", "--vms-per-pool", "1", "--hosts-per-pool", "1", "--disk-mib", "1",
+                        "--pool-address", "127.0.9.1,127.0.9.2", "--write-config", str(config),
+                        "--dest", str(tmp_path / "backups"))
+    # Then each master listens there, says so in host.address, and the written config points there
+    masters = [p["master"] for p in info["pools"]]
+    assert [urllib.parse.urlsplit(m).hostname for m in masters] == ["127.0.9.1", "127.0.9.2"]
+    for pool, address in zip(info["pools"], ("127.0.9.1", "127.0.9.2")):
+        s = login(pool["master"], pool)
+        assert [s.xenapi.host.get_address(h) for h in s.xenapi.host.get_all()] == [address]
+    written = tomllib.loads(config.read_text())["pools"]
+    assert [written[p["name"]]["master"] for p in info["pools"]] == masters
+    # And nothing listens on 127.0.0.1 at the masters' ports; the control API stays on loopback
+    for master in masters:
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port_of(master)), timeout=2).close()
+    assert info["control"].startswith("http://127.0.0.1:")
+
+
+def test_one_pool_address_serves_every_pool(launch):
+    _, info, _ = launch("--pools", "2", "--vms-per-pool", "1", "--hosts-per-pool", "1", "--disk-mib", "1",
+                        "--pool-address", "127.0.9.3")
+    assert {urllib.parse.urlsplit(p["master"]).hostname for p in info["pools"]} == {"127.0.9.3"}
+    assert len({port_of(p["master"]) for p in info["pools"]}) == 2
+    assert login(info["pools"][1]["master"], info["pools"][1]).xenapi.pool.get_all()
+
+
+@pytest.mark.parametrize("args, words", [
+    (("--pools", "3", "--hosts-per-pool", "1", "--pool-address", "127.0.9.1,127.0.9.2"), "one per pool (3)"),
+    (("--pools", "1", "--hosts-per-pool", "2", "--pool-address", "127.0.9.1"), "--hosts-per-pool 1"),
+    (("--pools", "1", "--hosts-per-pool", "1", "--pool-address", "127.0.9.1,"), "empty address"),
+])
+def test_bad_pool_addresses_exit_2_with_a_clear_message(args, words):
+    result = run_to_exit(*args)
+    assert result.returncode == 2 and words in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
 # -- --write-config ------------------------------------------------------------------
 def test_write_config_writes_toml_with_password_files(launch, tmp_path):
     # When the simulator writes a config for its pools

@@ -72,10 +72,13 @@ def ping(host: str, port: int, timeout: float = 0.5) -> bool:
 
 class RedisProc:
     def __init__(self, workdir: Path, binary: str | None = None, port: int | None = None,
-                 password: str | None = None, tls: dict | None = None):
+                 password: str | None = None, tls: dict | None = None, host: str = HOST,
+                 bind: list[str] | None = None, prefix: list[str] | None = None):
         self.password, self.tls = password, tls
         self.binary = binary or find_redis_server()
-        self.host = HOST
+        # `host` is where clients (and the readiness check) connect; `bind` every address it listens on;
+        # `prefix` runs it through another command (`ip netns exec NS`, for a server on a test host)
+        self.host, self.bind, self.prefix = host, bind or [host], prefix or []
         self.port = port or free_port()
         if self.port == 6379:  # never the default port, whatever the OS hands out
             self.port = free_port()
@@ -129,12 +132,13 @@ class RedisProc:
         if self._proc is not None and self._proc.poll() is None:
             return
         argv = [
+            *self.prefix,
             self.binary,
             *self._auth_config(),
             "--save", "",
             "--appendonly", "no",
             "--dir", str(self.dir),
-            "--bind", self.host,
+            "--bind", *self.bind,
             *self._listen_args(),
             "--daemonize", "no",
         ]

@@ -16,15 +16,16 @@ READY_TIMEOUT = 20.0
 
 
 class SimProc:
-    def __init__(self, *args: str):
+    def __init__(self, *args: str, prefix: list[str] | None = None):
         self.args = list(args)
+        self.prefix = prefix or []  # e.g. `ip netns exec NS`: the simulator on a test host
         self.proc: subprocess.Popen | None = None
         self.info: dict = {}
         self.startup_seconds = 0.0
 
     def start(self) -> "SimProc":
         began = time.monotonic()
-        self.proc = subprocess.Popen([sys.executable, "-m", "tinabs_tasks.cli", "sim", *self.args],
+        self.proc = subprocess.Popen([*self.prefix, sys.executable, "-m", "tinabs_tasks.cli", "sim", *self.args],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         sel = selectors.DefaultSelector()
         sel.register(self.proc.stdout, selectors.EVENT_READ)

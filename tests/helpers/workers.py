@@ -13,8 +13,9 @@ READY_TIMEOUT = 30.0
 
 class WorkerProc:
     def __init__(self, name: str, env: dict, logdir: Path, concurrency: int = 2, queues: list[str] | None = None,
-                 loglevel: str = "info"):
+                 loglevel: str = "info", argv: list[str] | None = None):
         self.name, self.env, self.concurrency, self.queues = name, env, concurrency, queues
+        self.argv = argv  # a whole command line instead (`tinabs worker ...` on a test host), same readiness
         self.loglevel = loglevel
         self.log_path = Path(logdir) / f"worker-{name}.log"
         self.proc: subprocess.Popen | None = None
@@ -24,6 +25,7 @@ class WorkerProc:
                 "-c", str(self.concurrency), "-n", f"{self.name}@%h", "--without-mingle", "--without-gossip"]
         if self.queues:
             argv += ["-Q", ",".join(self.queues)]
+        argv = self.argv or argv
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + READY_TIMEOUT

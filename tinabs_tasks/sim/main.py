@@ -34,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="expire sessions idle this long (default: never)")
     parser.add_argument("--tls-cert", metavar="CERT", help="serve every host over HTTPS with this PEM certificate")
     parser.add_argument("--tls-key", metavar="KEY", help="the PEM private key of --tls-cert (default: in CERT)")
+    parser.add_argument("--pool-address", metavar="ADDR[,ADDR...]", type=_addresses,
+                        help="pool masters listen on (and report) this address, one for all pools or one "
+                             "per pool, so other network namespaces or containers reach them "
+                             "(default 127.0.0.1; needs --hosts-per-pool 1)")
     parser.add_argument("--write-config", metavar="FILE", help="write a tinabs config for these pools")
     parser.add_argument("--dest", metavar="DIR", help="backup destination written into --write-config")
 
@@ -50,6 +54,13 @@ def _count(low: int, high: int):
             raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {value}")
         return value
     return parse
+
+
+def _addresses(text: str) -> list[str]:
+    parts = [part.strip() for part in text.split(",")]
+    if not all(parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: an empty address")
+    return parts
 
 
 def _non_negative(text: str) -> float:
@@ -78,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
                            export_keepalive_s=args.export_keepalive, session_ttl_s=args.session_ttl)
     try:
         sim = Simulator(args.pools, args.vms_per_pool, args.hosts_per_pool, args.seed, args.disk_mib,
-                        args.port, settings, tls_cert=args.tls_cert, tls_key=args.tls_key)
+                        args.port, settings, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                        pool_addresses=args.pool_address)
         info = sim.start()
     except ssl.SSLError as exc:
         print(f"tinabs sim: cannot use --tls-cert {args.tls_cert} / --tls-key {args.tls_key}: {exc}",

@@ -4,6 +4,8 @@ Each pool listens on one port; its master on 127.0.0.1 and its members on
 127.0.<pool>.<host> (all of 127/8 is loopback on Linux), so ``host.address``
 is a bare IP exactly like a real host's and a client that follows
 ``HOST_IS_SLAVE [address]`` keeps its scheme and port, as it would on 443.
+``--pool-address`` moves the masters to addresses that other network
+namespaces or containers reach (the control API stays on loopback).
 """
 from __future__ import annotations
 
@@ -103,9 +105,11 @@ class ControlServer(_Server):
 class Simulator:
     def __init__(self, pools: int = 2, vms_per_pool: int = 8, hosts_per_pool: int = 2, seed: int = 1,
                  disk_mib: int = 64, port: int = 0, settings: SimSettings | None = None,
-                 tls_cert: str | None = None, tls_key: str | None = None):
+                 tls_cert: str | None = None, tls_key: str | None = None,
+                 pool_addresses: list[str] | None = None):
         if not (1 <= pools <= 250 and 1 <= hosts_per_pool <= 250 and vms_per_pool >= 0 and disk_mib >= 1):
             raise ValueError("need 1-250 pools, 1-250 hosts per pool, >= 0 VMs and a disk of >= 1 MiB")
+        masters = master_addresses(pools, hosts_per_pool, pool_addresses)
         self.settings = settings or SimSettings()
         self.tls: ssl.SSLContext | None = None
         if tls_cert:  # every host endpoint over HTTPS; the control API stays plain http on loopback
@@ -122,7 +126,7 @@ class Simulator:
         for k in range(pools):
             name = f"pool-{chr(ord('a') + k)}" if k < 26 else f"pool-{k + 1}"
             pool = SimPool(name, "root", f"sim-{name}-{seed}", self.settings, self.faults, self.scratch)
-            addresses = ["127.0.0.1"] + [f"127.0.{k + 1}.{j + 1}" for j in range(1, hosts_per_pool)]
+            addresses = [masters[k]] + [f"127.0.{k + 1}.{j + 1}" for j in range(1, hosts_per_pool)]
             populate(pool, k, hosts_per_pool, vms_per_pool, seed, disk_mib, addresses)
             if self.tls is not None:
                 pool.scheme = "https"
@@ -225,6 +229,21 @@ class Simulator:
         for server in self._servers:
             server.server_close()
         shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def master_addresses(pools: int, hosts_per_pool: int, given: list[str] | None) -> list[str]:
+    """Each pool master's address: 127.0.0.1 by default, or ``given`` (one for every pool, or one each),
+    where another network namespace or container can reach it.  Members always listen on their own
+    loopback addresses, which nothing outside this host reaches, so addresses need one host per pool."""
+    if not given:
+        return ["127.0.0.1"] * pools
+    if len(given) not in (1, pools):
+        raise ValueError(f"--pool-address: give one address for all pools or one per pool ({pools}), "
+                         f"got {len(given)}")
+    if hosts_per_pool != 1:
+        raise ValueError("--pool-address needs --hosts-per-pool 1: pool members listen on loopback "
+                         "addresses (127.0.k.j) that other hosts cannot reach")
+    return given * pools if len(given) == 1 else list(given)
 
 
 def free_port() -> int:
