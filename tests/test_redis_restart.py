@@ -34,6 +34,7 @@ backoff_max_s = 1.0
 [limits]
 lease_s = 5
 visibility_timeout_s = 10
+stuck_after_s = 6
 """
 
 

@@ -113,6 +113,9 @@ class LimitsConfig:
     #: 0 = longer than the longest time limit, so a live worker's task is never redelivered.
     #: Shorter resumes a killed worker's work sooner: the stage guard keeps the copy waiting.
     visibility_timeout_s: int = 0
+    #: a started run that no stage holds and nothing has touched for this long lost its next message
+    #: (Redis died with it in flight): it is sent again (resume.py); far above any retry countdown
+    stuck_after_s: int = 900
     #: how long job/run state and task results stay in Redis (seconds; default a week)
     state_ttl_s: int = 7 * 24 * 3600
 

@@ -172,6 +172,7 @@ class JobStore:
         clean = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in fields.items()
                  if v is not None}
         if clean:
+            clean["touched"] = time.time()  # the stuck-run sweep (resume.py) looks at this
             pipe = self.r.pipeline(transaction=False)
             pipe.hset(keys.run(run_id), mapping=clean)
             # a late copy of a stage may write after the run's state expired: that must expire too

@@ -138,3 +138,8 @@ def schedule_tick(task_id: str) -> str:
 def schedule_last(name: str) -> str:
     """JSON of the last job a schedule entry started: job, selector, started (for `tinabs schedule show`)."""
     return f"{PREFIX}:schedule:last:{name}"
+
+
+def sweep_lock() -> str:
+    """Held by the one worker sweeping for stuck runs (resume.py) at a time."""
+    return f"{PREFIX}:sweep"

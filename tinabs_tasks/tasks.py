@@ -15,9 +15,10 @@ import socket
 import time
 
 from celery import chain
+from celery.signals import worker_ready
 from celery.exceptions import Ignore
 
-from . import destination, metrics
+from . import destination, metrics, resume
 from .app import app
 from .jobs import JobStore, RunState
 from .progress import Reporter
@@ -272,11 +273,27 @@ def _compensation_failed(task, ctx: dict, reason: str, exc: BaseException, jobs:
     return StageFailed(f"compensation of run {ctx['run']} incomplete: {err} (the janitor will retry)")
 
 
-def build_chain(ctx: dict):
+def build_chain(ctx: dict, start: int = 0):
+    """The run's chain from stage ``start`` on (0: the whole chain)."""
     queue = CFG.pool(ctx["pool"]).queue
-    names = STAGES[ctx["mode"]]
+    names = STAGES[ctx["mode"]][min(start, len(STAGES[ctx["mode"]]) - 1):]
     first = TASKS[names[0]].s(ctx).set(queue=queue)
     return chain(first, *(TASKS[n].s().set(queue=queue) for n in names[1:]))
+
+
+def _send_stages(ctx: dict, start: int) -> str:
+    build_chain(ctx, start).apply_async()
+    return STAGES[ctx["mode"]][min(start, len(STAGES[ctx["mode"]]) - 1)]
+
+
+def _send_compensate(ctx: dict, reason: str) -> None:
+    compensate.apply_async((ctx, reason), queue=CFG.pool(ctx["pool"]).queue)
+
+
+@worker_ready.connect
+def _sweep_for_stuck_runs(**_):
+    """Every worker looks for runs whose next message Redis lost (one worker at a time)."""
+    resume.start_sweeping(_redis(), CFG, _send_stages, _send_compensate)
 
 
 def _ended_or_unknown(jobs: JobStore, run: str) -> bool:
