@@ -6,6 +6,8 @@ is free and what to do, retries nothing, and leaves nothing on the pool or in th
 """
 from __future__ import annotations
 
+import os
+
 from helpers.deployment import TEST_TUNING, Deployment
 from helpers.pool_checks import litter
 
@@ -31,28 +33,19 @@ def test_a_destination_without_room_fails_fast_and_cleanly(redis_server, tmp_pat
 
 
 def test_the_size_estimate_is_never_below_the_real_backup(redis_server, tmp_path):
-    """The estimate the check uses (computed from the backup VM's disks) covers what the export
-    writes: a backup whose estimate is exactly the free space left still succeeds."""
-    import shutil
-
-    probe = Deployment(tmp_path / "probe", redis_server, SIM_ARGS, db=11)
-    try:
-        probe.redis.flushdb()
-        probe.start_worker("w1")
-        status, job = probe.backup("--vm", "db-01", "--pool", "pool-a")
-        assert status == 0, job
-        size = int(job["runs"][0]["size"])
-    finally:
-        probe.stop()
-    # Keep all but 1.5x the real size + 8 MiB free: the estimate must fit in that, so it passes
-    free = shutil.disk_usage(tmp_path).free
-    reserve = free - int(size * 1.5) - (8 << 20)
-    tuning = TEST_TUNING.replace("[limits]\n", f"[limits]\nreserve_free_bytes = {reserve}\n")
-    dep = Deployment(tmp_path / "tight", redis_server, SIM_ARGS, db=11, tuning=tuning)
+    """The estimate the free-space check uses (computed from the backup VM's disks before the
+    export starts) covers what the export then writes, without being wildly above it.  (Compared
+    directly: the file system's free space moves while other tests write, so a test that set the
+    reserve to just fit would fail for reasons that have nothing to do with the estimate.)"""
+    dep = Deployment(tmp_path / "probe", redis_server, SIM_ARGS, db=11)
     try:
         dep.redis.flushdb()
         dep.start_worker("w1")
         status, job = dep.backup("--vm", "db-01", "--pool", "pool-a")
-        assert status == 0, job["runs"][0].get("error")
+        assert status == 0, job
+        (run,) = job["runs"]
+        size, estimate = int(run["size"]), int(run["estimated_size"])
     finally:
         dep.stop()
+    assert size == os.path.getsize(run["path"])
+    assert size <= estimate <= int(size * 1.5) + (8 << 20), (size, estimate)

@@ -223,7 +223,8 @@ def _stage_task(name: str):
 def _result_fields(ctx: dict) -> dict:
     result = ctx.get("result", {})
     return {"path": result.get("path"), "manifest": result.get("manifest"), "size": result.get("size"),
-            "sha256": result.get("sha256"), "timings": ctx.get("timings", {})}
+            "sha256": result.get("sha256"), "estimated_size": result.get("estimated_size"),
+            "timings": ctx.get("timings", {})}
 
 
 TASKS = {name: _stage_task(name) for name in CALLS}

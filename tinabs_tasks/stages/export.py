@@ -37,12 +37,14 @@ def run(xapi, ctx: dict, report, slots, dest: str, reserve: int = 0) -> dict:
     if earlier:
         ctx["result"] = earlier
         return ctx
-    assert_room(dest, expected_size(xapi, ctx), reserve)
+    needed = expected_size(xapi, ctx)
+    assert_room(dest, needed, reserve)
     with slots.hold(ctx["run"], "export") as beat:
         began = time.time()
         size, digest = download(xapi, "/export", {"ref": ctx["refs"]["backup_vm"]}, paths, report, beat)
         manifest.write(ctx, paths, size=size, sha256=digest, transfer_s=time.time() - began, xapi=xapi)
-    ctx["result"] = {"path": paths["data"], "manifest": paths["manifest"], "size": size, "sha256": digest}
+    ctx["result"] = {"path": paths["data"], "manifest": paths["manifest"], "size": size, "sha256": digest,
+                     "estimated_size": needed}
     return ctx
 
 
