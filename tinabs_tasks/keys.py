@@ -57,8 +57,8 @@ def semaphore_wake(pool: str) -> str:
 
 
 def lease(name: str) -> str:
-    """A single-holder lease (e.g. the export of one run), value = holder token; expires
-    unless its holder renews it."""
+    """A single-holder lease (the export of one run, a run's stage guard, a VM's lock
+    ``vm:<pool>:<uuid>``), value = holder token; expires unless its holder renews it."""
     return f"{PREFIX}:lease:{name}"
 
 
@@ -71,10 +71,6 @@ def run_lease_name(run_id: str) -> str:
     """Lease name held by whatever works on a run: one stage or its compensation at a time."""
     return f"run:{run_id}"
 
-
-def vm_lock(pool: str, vm_uuid: str) -> str:
-    """The run currently backing up a VM (value = run id): a VM is in one run at a time."""
-    return f"{PREFIX}:vmlock:{pool}:{vm_uuid}"
 
 
 # -- tinabs' own figures for Prometheus (tinabs_tasks/metrics.py) ------------------------------

@@ -12,6 +12,7 @@ import json
 import time
 
 from . import keys
+from .commands.common import human_bytes
 from .stages.plan import describe
 
 #: write the report only while the job's hash exists: a late write never re-creates an
@@ -78,12 +79,12 @@ def text(summary: dict) -> str:
              f"{_clean(describe(summary['selector']))}, mode {summary['mode']}, pools {', '.join(summary['pools'])}",
              f"from {summary['created']} to {summary['ended']} ({_duration(summary['duration_s'])})", ""]
     rows = [("POOL", "VM", "RESULT", "SIZE", "DURATION", "ERROR")]
-    rows += [(v["pool"], v["vm"], v["result"], _bytes(v["size"]) if v["size"] is not None else "",
+    rows += [(v["pool"], v["vm"], v["result"], human_bytes(v["size"]) if v["size"] is not None else "",
               _duration(v["duration_s"]), v["error"] or "") for v in summary["vms"]]
     widths = [max(len(_clean(r[i])) for r in rows) for i in range(5)]
     for row in rows:
         lines.append("  ".join(_clean(c).ljust(w) for c, w in zip(row[:5], widths)) + "  " + _clean(row[5]))
-    lines += ["", f"{t['vms']} VM(s): {t['succeeded']} succeeded, {t['failed']} failed, {_bytes(t['bytes'])} written"]
+    lines += ["", f"{t['vms']} VM(s): {t['succeeded']} succeeded, {t['failed']} failed, {human_bytes(t['bytes'])} written"]
     lines += [f"note: {_clean(n)}" for n in summary["notes"]]
     return "\n".join(line.rstrip() for line in lines) + "\n"
 
@@ -129,15 +130,6 @@ def _duration(seconds) -> str:
         return f"{seconds:.1f}s"
     minutes, secs = divmod(int(seconds), 60)
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{secs:02d}s"
-
-
-def _bytes(n) -> str:
-    n = float(n or 0)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
 
 
 def _clean(value) -> str:

@@ -8,7 +8,7 @@ lock still expires: it outlives the longest possible chain, no more.
 """
 from __future__ import annotations
 
-from . import keys
+from .limits import Lease
 
 #: how a job's notes say a VM was left to the run that has it (see ``skipped_note``)
 SKIPPED = "skipped: still being backed up"
@@ -17,12 +17,6 @@ SKIPPED = "skipped: still being backed up"
 def skipped_note(vm_name: str, job: str, run: str, state: str) -> str:
     return f"`{vm_name}` {SKIPPED} by job {job} (run {run}, {state})"
 
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 _TAKE_OVER = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
@@ -30,40 +24,38 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('EXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
 
 
 class VmLocks:
+    """One ``limits.Lease`` per VM (``vm:<pool>:<uuid>``), its token the run that holds it."""
+
     def __init__(self, redis, ttl_s: int):
         self.r, self.ttl_s = redis, int(ttl_s)
-        self._release = redis.register_script(_RELEASE)
-        self._renew = redis.register_script(_RENEW)
         self._take_over = redis.register_script(_TAKE_OVER)
+
+    def _lease(self, pool: str, vm_uuid: str, run: str) -> Lease:
+        return Lease(self.r, f"vm:{pool}:{vm_uuid}", self.ttl_s, token=run)
 
     def acquire(self, pool: str, vm_uuid: str, run: str) -> str | None:
         """None when ``run`` holds the lock now (also when it held it already); else the holder."""
-        key = keys.vm_lock(pool, vm_uuid)
-        if self.r.set(key, run, nx=True, ex=self.ttl_s):
+        lease = self._lease(pool, vm_uuid, run)
+        if lease.try_acquire():
             return None
-        holder = self.r.get(key)
-        if holder == run or holder is None and self.r.set(key, run, nx=True, ex=self.ttl_s):
+        holder = self.r.get(lease.key)
+        if holder == run or holder is None and lease.try_acquire():
             return None
         return holder
 
     def take_over(self, pool: str, vm_uuid: str, old: str, run: str) -> bool:
         """The lock of a run that has ended (or that Redis no longer knows) passes to ``run``."""
-        return bool(self._take_over(keys=[keys.vm_lock(pool, vm_uuid)], args=[old, run, self.ttl_s]))
+        key = self._lease(pool, vm_uuid, run).key
+        return bool(self._take_over(keys=[key], args=[old, run, self.ttl_s]))
 
     def renew(self, pool: str, vm_uuid: str, run: str) -> bool:
-        return bool(self._renew(keys=[keys.vm_lock(pool, vm_uuid)], args=[run, self.ttl_s]))
+        return self._lease(pool, vm_uuid, run).renew()
 
     def release(self, pool: str, vm_uuid: str, run: str) -> None:
-        self._release(keys=[keys.vm_lock(pool, vm_uuid)], args=[run])
+        self._lease(pool, vm_uuid, run).release()
 
 
 def chain_ttl_s(limits) -> int:
