@@ -164,12 +164,27 @@ def test_flower_healthcheck_answers_without_credentials(tinabs_env, tmp_path):
     assert run_healthcheck("flower", env, at_port) != 0
 
 
-def test_sim_healthcheck_asks_the_control_api(tmp_path):
+def _start_compose_sim(attempts: int = 5) -> tuple[SimProc, int]:
+    """The compose file's simulator on free ports.  Its pools listen on the ports after
+    `--port`, which another test process may take between free_port() and the bind: then
+    the simulator says so and we try other ports."""
     argv = list(service("sim")["command"][2:])  # after `tinabs sim`
-    base = free_port()
-    argv[argv.index("--port") + 1], argv[argv.index("--pool-address") + 1] = str(base), "127.0.0.1"
+    argv[argv.index("--pool-address") + 1] = "127.0.0.1"
     argv[argv.index("--disk-mib") + 1] = "1"
-    sim = SimProc(*argv).start()
+    for _ in range(attempts):
+        base = free_port()
+        argv[argv.index("--port") + 1] = str(base)
+        try:
+            return SimProc(*argv).start(), base
+        except RuntimeError as e:
+            if "Address already in use" not in str(e):
+                raise
+            taken = e
+    raise taken
+
+
+def test_sim_healthcheck_asks_the_control_api(tmp_path):
+    sim, base = _start_compose_sim()
     at_port = (":8100/", f":{base}/")
     try:
         assert run_healthcheck("sim", dict(os.environ), at_port) == 0

@@ -216,6 +216,28 @@ def test_a_worker_killed_mid_stage_is_replaced_and_the_chain_completes(dep, stag
     _assert_settled(dep, code, job, before)
 
 
+def test_a_worker_killed_holding_the_redelivery_lock_stalls_nothing_for_long(dep):
+    # Given a worker killed mid-stage just as it looked for messages to hand out again, so the
+    # lock kombu takes for that look stays in Redis as the dead worker set it
+    lock_s = int(subprocess.run([sys.executable, "-c", "from tinabs_tasks.app import app; print("
+                                 "app.conf.broker_transport_options['unacked_mutex_expire'])"],
+                                env=dep.env, capture_output=True, text=True, check=True).stdout)
+    dep.sim.add_fault({**STAGE_CALL["disks"], "delay_s": 2.0, "pool": POOL, "times": 1})
+    before = set(dep.files())
+    proc = _start_backup(dep, "export")
+    _wait_fired(dep)
+    pid = int(_current_run(dep)["worker"].rsplit(":", 1)[1])
+    (victim,) = [w for w in dep.workers if pid in w.child_pids() or pid == w.proc.pid]
+    victim.kill()
+    dep.workers.remove(victim)
+    dep.redis.set("unacked_mutex", "dead-worker", ex=lock_s)
+    dep.start_worker(f"replacement{time.monotonic_ns()}")
+    # Then the lock lapses soon and the stage is handed out again: the chain completes (kombu's
+    # own 5-minute lock would outlast this wait)
+    code, job = _finish(proc, timeout=90)
+    _assert_settled(dep, code, job, before)
+
+
 # -- a slow stage outlives the visibility timeout ---------------------------------------------
 @pytest.mark.parametrize("stage,mode", [pytest.param("export", "export", id="export"),
                                         pytest.param("copy", "sr-copy", id="copy"),

@@ -22,6 +22,8 @@ VISIBILITY_MARGIN_S = 3600
 #: tasks.backoff() jitters a countdown up to 1.5x backoff_max_s; a task waiting out that
 #: countdown is reserved and unacked all along, so the timeout must cover the whole of it
 RETRY_JITTER_MAX = 1.5
+#: the shortest hold of kombu's redelivery lock: a look under load must not outlive it
+RESTORE_LOCK_MIN_S = 3
 #: about two minutes of retries, for publishing and for storing results
 PUBLISH_RETRY = {"max_retries": 60, "interval_start": 0, "interval_step": 0.5, "interval_max": 2}
 
@@ -35,6 +37,7 @@ def visibility_timeout(cfg: config_mod.Config) -> int:
 
 def celery_settings(cfg: config_mod.Config) -> dict:
     vt = visibility_timeout(cfg)
+    restore_interval = max(1, min(60, vt // 4))
     queues = [Queue(DEFAULT_QUEUE)] + [Queue(p.queue) for p in cfg.pools.values()]
     return {
         "broker_url": cfg.broker_url,
@@ -45,9 +48,13 @@ def celery_settings(cfg: config_mod.Config) -> dict:
         # kombu looks for expired unacknowledged messages every interval x throttle seconds (100 by
         # default): look every quarter of the timeout (at most a minute), so the work of a worker
         # that died resumes soon after its visibility timeout, not minutes later.
+        # The look is done under a lock in Redis that kombu keeps for 5 minutes by default, and a
+        # worker killed while holding it (a power cut) would stop every redelivery for that long:
+        # the lock expires after one interval instead (the look itself takes milliseconds).
         "broker_transport_options": {"visibility_timeout": vt, "priority_steps": list(range(10)),
-                                     "unacked_restore_interval": max(1, min(60, vt // 4)),
-                                     "unacked_restore_throttle": 1},
+                                     "unacked_restore_interval": restore_interval,
+                                     "unacked_restore_throttle": 1,
+                                     "unacked_mutex_expire": max(RESTORE_LOCK_MIN_S, restore_interval)},
         "result_backend_transport_options": {"visibility_timeout": vt, "retry_policy": PUBLISH_RETRY},
         "visibility_timeout": vt,
         "task_acks_late": True,

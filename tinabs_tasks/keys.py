@@ -101,12 +101,6 @@ def metrics_vm(pool: str, vm_uuid: str) -> str:
     return f"{PREFIX}:metrics:vm:{pool}:{vm_uuid}"
 
 
-def metrics_counted(run_id: str) -> str:
-    """Set once a run's end is counted (a run's end may be reported twice: never counted twice);
-    lives as long as a job's state can."""
-    return f"{PREFIX}:metrics:counted:{run_id}"
-
-
 #: celery-redbeat's keys (``redbeat_key_prefix``): ``<prefix><entry name>`` per schedule entry
 #: (hash: definition, meta with last_run_at), ``<prefix>:schedule`` (sorted set of entries by next
 #: run), ``<prefix>:statics`` (the entry names the config gave at beat's last start) and

@@ -15,25 +15,28 @@ from dataclasses import dataclass, field
 
 from . import keys
 
-#: KEYS: counted, pools, pool, vms, vm; ARGV: counted ttl, figures ttl, pool, result, vm uuid,
-#: vm name, end time, size, seconds.  All or nothing, and only once per run.
+#: KEYS: the run's state hash, pools, pool, vms, vm; ARGV: figures ttl, pool, result,
+#: vm uuid, vm name, end time, size, seconds.  All or nothing, and only once per run: the mark
+#: that the run was counted is a field of the run's own state, so it lives exactly as long as
+#: that state ([limits] state_ttl_s) and leaves nothing behind in Redis.
 _COUNT = """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
-redis.call('SADD', KEYS[2], ARGV[3])
-redis.call('HINCRBY', KEYS[3], 'backups_' .. ARGV[4], 1)
-redis.call('SADD', KEYS[4], ARGV[5])
-redis.call('HSET', KEYS[5], 'name', ARGV[6], 'last_result', ARGV[4], 'last_end', ARGV[7])
-if ARGV[4] == 'succeeded' then
-  redis.call('HINCRBY', KEYS[3], 'bytes_exported', ARGV[8])
-  redis.call('HSET', KEYS[5], 'last_success', ARGV[7], 'last_size', ARGV[8], 'last_seconds', ARGV[9])
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HSETNX', KEYS[1], 'metrics_counted', '1') == 0 then return 0 end
+redis.call('SADD', KEYS[2], ARGV[2])
+redis.call('HINCRBY', KEYS[3], 'backups_' .. ARGV[3], 1)
+redis.call('SADD', KEYS[4], ARGV[4])
+redis.call('HSET', KEYS[5], 'name', ARGV[5], 'last_result', ARGV[3], 'last_end', ARGV[6])
+if ARGV[3] == 'succeeded' then
+  redis.call('HINCRBY', KEYS[3], 'bytes_exported', ARGV[7])
+  redis.call('HSET', KEYS[5], 'last_success', ARGV[6], 'last_size', ARGV[7], 'last_seconds', ARGV[8])
 end
-for i = 2, 5 do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
+for i = 2, 5 do redis.call('EXPIRE', KEYS[i], ARGV[1]) end
 return 1
 """
 RESULTS = ("succeeded", "failed")
 
 
-def count_run_end(r, run: dict | None, counted_ttl_s: int) -> bool:
+def count_run_end(r, run: dict | None) -> bool:
     """Count an ended run (its state hash, as JobStore.run returns it); False if it was already
     counted, or is not ended (a late copy that found the run's state gone)."""
     if not run or run.get("state") not in RESULTS or not run.get("pool"):
@@ -41,9 +44,9 @@ def count_run_end(r, run: dict | None, counted_ttl_s: int) -> bool:
     pool, vm_uuid = run["pool"], run["vm_uuid"]
     seconds = sum(json.loads(run.get("timings") or "{}").values())
     return bool(r.register_script(_COUNT)(
-        keys=[keys.metrics_counted(run["id"]), keys.metrics_pools(), keys.metrics_pool(pool),
+        keys=[keys.run(run["id"]), keys.metrics_pools(), keys.metrics_pool(pool),
               keys.metrics_vms(pool), keys.metrics_vm(pool, vm_uuid)],
-        args=[int(counted_ttl_s), keys.METRICS_TTL_S, pool, run["state"], vm_uuid, run.get("vm_name", ""),
+        args=[keys.METRICS_TTL_S, pool, run["state"], vm_uuid, run.get("vm_name", ""),
               run.get("finished", 0), int(run.get("size") or 0), round(seconds, 3)]))
 
 

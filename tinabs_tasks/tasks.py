@@ -58,7 +58,7 @@ def _run_ended(ctx: dict) -> None:
     _guard(ctx["run"]).forget()
     _vm_locks().release(ctx["pool"], ctx["vm"]["uuid"], ctx["run"])
     jobs = _jobs()  # its state is final by now: count it for `tinabs metrics` (once, however often we get here)
-    metrics.count_run_end(_redis(), jobs.run(ctx["run"]), jobs.hold_s)
+    metrics.count_run_end(_redis(), jobs.run(ctx["run"]))
 
 
 def _jobs() -> JobStore:
