@@ -188,7 +188,7 @@ def _measure(dep: Deployment, spec: LoadSpec) -> LoadResult:
         time.sleep(max(0.0, job_end + spec.state_ttl_s + spec.settle_margin_s - time.monotonic()))
         settle_s = time.monotonic() - job_end
         after = redis_snapshot(r)
-    out.problems += check_settled(before, after)
+    out.problems += check_settled(before, after, vms=len(vms), pools=spec.pools)
     out.keys_after = sorted(after["keys"].items())
     _job_figures(out.figures, spec, (tiny_s, tiny), (wall_s, job), cpu.used)
     out.figures.update(worker_log_counts(dep))
