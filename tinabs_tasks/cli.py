@@ -18,6 +18,7 @@ COMMANDS = {
     "check-config": ("tinabs_tasks.commands.check_config", "validate the config against the pools"),
     "backup": ("tinabs_tasks.commands.backup", "back up VMs (by tag, name or all)"),
     "status": ("tinabs_tasks.commands.status", "show a job's progress and result"),
+    "abort": ("tinabs_tasks.commands.abort", "stop a running job; what its runs made is removed"),
     "list": ("tinabs_tasks.commands.list_backups", "list the backups in the destination"),
     "verify": ("tinabs_tasks.commands.verify", "check backups: structure, checksums, skeleton"),
     "restore": ("tinabs_tasks.commands.restore", "restore a backup into a pool"),

@@ -48,6 +48,13 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 return redis.call('HSETNX', KEYS[1], 'report_claimed', ARGV[1])
 """
 
+#: never re-creates a job whose state has expired (it would have no TTL)
+_ABORT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HSETNX', KEYS[1], 'aborted', ARGV[1]) == 1 then redis.call('HSET', KEYS[1], 'aborted_by', ARGV[2]) end
+return 1
+"""
+
 
 class JobStore:
     def __init__(self, redis, ttl_s: int = keys.STATE_TTL_S, on_end=None):
@@ -147,6 +154,17 @@ class JobStore:
 
     def recent_jobs(self, limit: int = 10) -> list[str]:
         return list(self.r.zrevrange(keys.jobs_index(), 0, limit - 1))
+
+    def abort(self, job_id: str, by: str) -> bool:
+        """Mark the job aborted (abort.py says what that does); False if there is no such job.
+        Only the first request counts; the job's state keeps its TTL."""
+        return bool(self.r.eval(_ABORT, 1, keys.job(job_id), time.time(), by))
+
+    def aborted(self, job_id: str) -> bool:
+        return bool(self.r.hexists(keys.job(job_id), "aborted"))
+
+    def aborted_by(self, job_id: str) -> str:
+        return self.r.hget(keys.job(job_id), "aborted_by") or ""
 
     # -- runs -----------------------------------------------------------------
     def create_run(self, run_id: str, fields: dict) -> bool:

@@ -11,8 +11,9 @@ ACTIVE_HOLD_S = 7 * 24 * 3600
 
 
 def job(job_id: str) -> str:
-    """Hash: selector, mode, pools, created, planned/expected pool counts, notes; once the job has
-    ended, ``report_claimed`` (set once: who sends the report) and ``report`` (reports.py)."""
+    """Hash: selector, mode, pools, created, planned/expected pool counts, notes; ``aborted`` and
+    ``aborted_by`` once an abort was asked for (abort.py); once the job has ended,
+    ``report_claimed`` (set once: who sends the report) and ``report`` (reports.py)."""
     return f"{PREFIX}:job:{job_id}"
 
 

@@ -18,7 +18,7 @@ from celery import chain
 from celery.signals import worker_ready
 from celery.exceptions import Ignore
 
-from . import destination, metrics, resume
+from . import abort, destination, metrics, resume
 from .app import app
 from .jobs import JobStore, RunState
 from .progress import Reporter
@@ -130,8 +130,12 @@ def run_stage(task, name: str, ctx: dict) -> dict:
             raise Ignore()
         if done == index:
             return recorded
+        if jobs.aborted(ctx["job"]):  # a pending stage of an aborted job: no work, straight to cleanup
+            guard.release()
+            raise _give_up(ctx, name, abort.reason(jobs, ctx["job"]), jobs)
         _vm_locks().renew(ctx["pool"], ctx["vm"]["uuid"], run)
-        with Heartbeat([guard.lease.renew], CFG.limits.lease_s / 4):
+        with Heartbeat([guard.lease.renew], CFG.limits.lease_s / 4), \
+                abort.AbortWatch(jobs, ctx["job"], run, lambda: connect.PoolSession(CFG.pool(ctx["pool"]))):
             ctx = _work(task, name, ctx, jobs, guard)
         guard.finished(index, ctx)
         return ctx
@@ -147,7 +151,8 @@ def _skip_if_ended(jobs: JobStore, run: str) -> None:
 
 def _work(task, name: str, ctx: dict, jobs: JobStore, guard: StageGuard) -> dict:
     run = ctx["run"]
-    jobs.update_run(run, state=RunState.RUNNING.value, worker=f"{socket.gethostname()}:{os.getpid()}")
+    jobs.update_run(run, state=RunState.RUNNING.value, worker=f"{socket.gethostname()}:{os.getpid()}",
+                    task_id=getattr(task.request, "id", None))
     report = Reporter(jobs, run, task)
     report.stage(name)
     began = time.monotonic()
@@ -165,6 +170,8 @@ def _work(task, name: str, ctx: dict, jobs: JobStore, guard: StageGuard) -> dict
 
 
 def _give_up_or_retry(task, name: str, ctx: dict, exc: BaseException, jobs: JobStore):
+    if jobs.aborted(ctx["job"]):  # (its XAPI task was cancelled, or it failed meanwhile): no retry
+        return _give_up(ctx, name, abort.reason(jobs, ctx["job"]), jobs)
     err = classify(exc, ctx["pool"])
     if err.code in RELOGIN_CODES:
         connect.forget(ctx["pool"])
@@ -312,6 +319,9 @@ def plan(self, job: str, pool: str, selector: dict, mode: str, attempt: int = 0,
          unreachable_since: float | None = None) -> list[str]:
     """Select the pool's VMs and fan out one chain per VM (idempotent per run id)."""
     jobs = _jobs()
+    if jobs.aborted(job):
+        jobs.pool_planned(job, [], [f"pool `{pool}`: nothing started: the job was {abort.reason(jobs, job)}"])
+        return []
     try:
         vms, notes = plan_stage.select(_xapi(pool), selector)
     except Exception as exc:

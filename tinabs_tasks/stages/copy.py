@@ -24,7 +24,8 @@ def run(xapi, ctx: dict, report, slots) -> dict:
     if copy is None:
         backup_sr = xapi.sr_by_name_or_uuid(xapi.pool.backup_sr)
         with slots.hold(ctx["run"], "copy"):
-            copy = xapi.call_async("VDI.copy", ctx["refs"]["snapshot"], backup_sr, progress=report.fraction)
+            copy = xapi.call_async_marked("VDI.copy", ctx["refs"]["snapshot"], backup_sr, run=ctx["run"],
+                                          progress=report.fraction)  # marked: an abort cancels it
         markers.mark(x, "VDI", copy, ctx, markers.Role.SYSTEM_COPY, label)
     vbds = x.VM.get_VBDs(ctx["refs"]["backup_vm"])
     if not any(x.VBD.get_userdevice(v) == "0" for v in vbds):

@@ -41,7 +41,8 @@ def run(xapi, ctx: dict, report, slots, dest: str, reserve: int = 0) -> dict:
     assert_room(dest, needed, reserve)
     with slots.hold(ctx["run"], "export") as beat:
         began = time.time()
-        size, digest = download(xapi, "/export", {"ref": ctx["refs"]["backup_vm"]}, paths, report, beat)
+        size, digest = download(xapi, "/export", {"ref": ctx["refs"]["backup_vm"]}, paths, report, beat,
+                                run=ctx["run"])
         manifest.write(ctx, paths, size=size, sha256=digest, transfer_s=time.time() - began, xapi=xapi)
     ctx["result"] = {"path": paths["data"], "manifest": paths["manifest"], "size": size, "sha256": digest,
                      "estimated_size": needed}
@@ -80,8 +81,10 @@ def assert_writable(dest: str) -> None:
         raise DestinationError(str(exc)) from None
 
 
-def download(xapi, handler: str, query: dict, paths: dict, report, beat, expect_tar_end: bool = True):
-    """GET ``handler`` into ``paths['data']`` atomically; returns (size, sha256)."""
+def download(xapi, handler: str, query: dict, paths: dict, report, beat, expect_tar_end: bool = True,
+             run: str | None = None):
+    """GET ``handler`` into ``paths['data']`` atomically; returns (size, sha256).  The transfer's
+    XAPI task carries ``run``, so aborting the run's job cancels it (abort.py)."""
     partial = paths["data"] + ".partial"
     with _local(paths["dir"]):
         os.makedirs(paths["dir"], exist_ok=True)
@@ -90,6 +93,8 @@ def download(xapi, handler: str, query: dict, paths: dict, report, beat, expect_
     task = None
     try:
         task = xapi.x.task.create(f"tinabs {handler} {os.path.basename(paths['data'])}", "")
+        if run:
+            xapi.mark_task(task, run, transfer=True)
         conn, resp = xhttp.open_get(xapi.base_url, handler,
                                     {**query, "session_id": xapi.handle, "task_id": task},
                                     xapi.session.context)

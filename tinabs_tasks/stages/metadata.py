@@ -28,7 +28,7 @@ def run(xapi, ctx: dict, report, slots, dest: str) -> dict:
     with slots.hold(ctx["run"], "metadata") as beat:
         size, digest = download(xapi, "/export_metadata",
                                 {"ref": ctx["refs"]["backup_vm"], "export_snapshots": "false"},
-                                paths, report, beat)
+                                paths, report, beat, run=ctx["run"])
     sr = x.VDI.get_SR(copy)
     extra = {"backup_sr": {"uuid": x.SR.get_uuid(sr), "name": x.SR.get_name_label(sr)},
              "copied_vdis": [{"uuid": x.VDI.get_uuid(copy), "userdevice": "0",
