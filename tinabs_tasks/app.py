@@ -108,7 +108,7 @@ def beat_settings(cfg: config_mod.Config) -> dict:
 def make_app(cfg: config_mod.Config | None = None) -> Celery:
     cfg = cfg or config_mod.load()
     app = Celery("tinabs", include=["tinabs_tasks.tasks", "tinabs_tasks.tasks_restore", "tinabs_tasks.tasks_upkeep",
-                                    "tinabs_tasks.tasks_schedule"])
+                                    "tinabs_tasks.tasks_schedule", "tinabs_tasks.tasks_console"])
     app.conf.update(celery_settings(cfg))
     app.conf.update(beat_settings(cfg))
     app.tinabs_config = cfg

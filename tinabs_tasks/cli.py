@@ -27,6 +27,7 @@ COMMANDS = {
     "schedule": ("tinabs_tasks.commands.schedule", "show the schedules beat runs and their next run times"),
     "worker": ("tinabs_tasks.commands.worker", "start a Celery worker for some or all pools"),
     "beat": ("tinabs_tasks.commands.beat", "start Celery beat (schedules, RedBeat)"),
+    "web": ("tinabs_tasks.commands.web", "serve the web console (pools, backups, jobs, catalog, restore)"),
     "metrics": ("tinabs_tasks.commands.metrics", "serve tinabs' own figures to Prometheus (/metrics)"),
 }
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from .secret_files import SecretError, read_password_file, read_secret
 from .reports_config import ReportsConfig, parse as parse_reports
+from .web_config import WebConfig, parse as parse_web
 
 if TYPE_CHECKING:  # schedules.py imports this module
     from .schedules import ScheduleConfig
@@ -153,6 +154,7 @@ class Config:
     retention: RetentionConfig = RetentionConfig()
     janitor: JanitorConfig = JanitorConfig()
     reports: ReportsConfig = ReportsConfig()  # [reports]: see reports_config.py
+    web: WebConfig = WebConfig()  # [web]: the web console (web_config.py)
     path: str = ""
     #: [schedule] (schedules.py); None when the file has none: nothing is scheduled
     schedule: ScheduleConfig | None = None
@@ -166,7 +168,7 @@ class Config:
 
 _TOP = {"broker_url", "result_backend", "destination", "default_mode", "pools", "retry", "limits",
         "retention", "janitor", "secrets_dir", "reports",
-        "schedule"}
+        "schedule", "web"}
 _POOL = {"master", "username", *PASSWORD_SOURCES, "password", "allow_inline_password",
          "verify_tls", "insecure", "ca_bundle", "tls_fingerprint", "shared_sr", "backup_sr", "max_concurrent_exports"}
 
@@ -227,6 +229,7 @@ def parse(raw: dict, path: str = "<config>") -> Config:
                   limits=_section(raw, "limits", LimitsConfig, path),
                   retention=_retention(raw, path), janitor=_section(raw, "janitor", JanitorConfig, path),
                   reports=parse_reports(raw.get("reports"), path, secrets), path=path,
+                  web=parse_web(raw.get("web"), path, secrets),
                   schedule=_schedule(raw, path, list(pools), mode))
 
 

@@ -102,6 +102,12 @@ def metrics_vm(pool: str, vm_uuid: str) -> str:
     return f"{PREFIX}:metrics:vm:{pool}:{vm_uuid}"
 
 
+def web_action(task_id: str) -> str:
+    """Hash: a verify or restore the web console sent (kind, backup, pool, by, created); its
+    result is the Celery task's.  Expires with job state ([limits] state_ttl_s)."""
+    return f"{PREFIX}:web:action:{task_id}"
+
+
 #: celery-redbeat's keys (``redbeat_key_prefix``): ``<prefix><entry name>`` per schedule entry
 #: (hash: definition, meta with last_run_at), ``<prefix>:schedule`` (sorted set of entries by next
 #: run), ``<prefix>:statics`` (the entry names the config gave at beat's last start) and

@@ -105,22 +105,22 @@ def parse(table, path: str, secrets: tuple[str, str]) -> ReportsConfig:
         return ReportsConfig()
     where = f"{path}: [reports]"
     _table(table, where)
-    _known(table, {"when", "max_retries", "backoff_s", "email", "webhook"}, where)
+    known(table, {"when", "max_retries", "backoff_s", "email", "webhook"}, where)
     when = table.get("when", "failure")
     if when not in WHEN:
         raise _error(f"{where} when must be one of {', '.join(repr(w) for w in WHEN)}, got {when!r}")
     email = _email(table["email"], f"{where[:-1]}.email]", secrets) if "email" in table else None
     webhook = _webhook(table["webhook"], f"{where[:-1]}.webhook]", secrets) if "webhook" in table else None
     return ReportsConfig(when=when, email=email, webhook=webhook,
-                         max_retries=int(_number(table, "max_retries", 3, where, integer=True)),
-                         backoff_s=_number(table, "backoff_s", 30.0, where))
+                         max_retries=int(number(table, "max_retries", 3, where, integer=True)),
+                         backoff_s=number(table, "backoff_s", 30.0, where))
 
 
 def _email(table, where: str, secrets) -> EmailConfig:
     _table(table, where)
     if "password" in table:
         raise _error(f"{where} inline passwords are refused; use password_secret, password_env or password_file")
-    _known(table, {"host", "port", "security", "from", "to", "username", "password_env", "password_file",
+    known(table, {"host", "port", "security", "from", "to", "username", "password_env", "password_file",
                    "password_secret", "allow_plaintext_auth", "ca_bundle", "timeout_s"}, where)
     security = table.get("security", "starttls")
     if security not in SECURITY:
@@ -130,11 +130,11 @@ def _email(table, where: str, secrets) -> EmailConfig:
         to = [to]
     if not isinstance(to, list) or not to or not all(isinstance(a, str) and ADDRESS.fullmatch(a) for a in to):
         raise _error(f"{where} `to` must be a list of mail addresses, e.g. to = [\"ops@example.com\"]")
-    sender = _string(table, "from", where, required=True)
+    sender = string(table, "from", where, required=True)
     if not ADDRESS.fullmatch(sender):
         raise _error(f"{where} `from` must be a mail address, got {sender!r}")
-    username = _string(table, "username", where)
-    password = _secret_keys(table, "password", where, secrets)
+    username = string(table, "username", where)
+    password = secret_keys(table, "password", where, secrets)
     if bool(username) != bool(password):
         raise _error(f"{where} give both `username` and one of password_secret, password_env or password_file "
                      "(or neither, for a relay that needs no login)")
@@ -143,10 +143,10 @@ def _email(table, where: str, secrets) -> EmailConfig:
     if username and security == "none" and table.get("allow_plaintext_auth") is not True:
         raise _error(f"{where} a login with security = \"none\" sends the password in clear; use "
                      "security = \"starttls\" or \"ssl\" (or set allow_plaintext_auth = true for a local relay)")
-    return EmailConfig(host=_string(table, "host", where, required=True), port=_port(table, security, where),
+    return EmailConfig(host=string(table, "host", where, required=True), port=_port(table, security, where),
                        security=security, sender=sender, to=tuple(to), username=username, password=password,
-                       ca_bundle=_string(table, "ca_bundle", where),
-                       timeout_s=_number(table, "timeout_s", 30.0, where))
+                       ca_bundle=string(table, "ca_bundle", where),
+                       timeout_s=number(table, "timeout_s", 30.0, where))
 
 
 def _port(table: dict, security: str, where: str) -> int:
@@ -158,9 +158,9 @@ def _port(table: dict, security: str, where: str) -> int:
 
 def _webhook(table, where: str, secrets) -> WebhookConfig:
     _table(table, where)
-    _known(table, {"url", "url_env", "url_file", "url_secret", "headers", "ca_bundle", "timeout_s"}, where)
-    url_ref = _secret_keys(table, "url", where, secrets)
-    url = _string(table, "url", where)
+    known(table, {"url", "url_env", "url_file", "url_secret", "headers", "ca_bundle", "timeout_s"}, where)
+    url_ref = secret_keys(table, "url", where, secrets)
+    url = string(table, "url", where)
     if bool(url) == bool(url_ref):
         raise _error(f"{where} give exactly one of url, url_env, url_file or url_secret")
     if url:
@@ -172,8 +172,8 @@ def _webhook(table, where: str, secrets) -> WebhookConfig:
     _table(headers, f"{where[:-1]}.headers]")
     return WebhookConfig(url=url, url_ref=url_ref,
                          headers=tuple(_header(n, v, where, secrets) for n, v in headers.items()),
-                         ca_bundle=_string(table, "ca_bundle", where),
-                         timeout_s=_number(table, "timeout_s", 10.0, where))
+                         ca_bundle=string(table, "ca_bundle", where),
+                         timeout_s=number(table, "timeout_s", 10.0, where))
 
 
 def check_url(url: str, where: str) -> None:
@@ -186,7 +186,7 @@ def _header(name: str, value, where: str, secrets) -> tuple[str, str | SecretRef
     if not re.fullmatch(r"[A-Za-z0-9-]+", name):
         raise _error(f"{where} header name {name!r}: letters, digits and '-' only")
     if isinstance(value, dict):
-        _known(value, set(_SOURCES), f"{where} header {name}")
+        known(value, set(_SOURCES), f"{where} header {name}")
         if len(value) != 1 or not isinstance(next(iter(value.values())), str):
             raise _error(f"{where} header {name}: give exactly one of {{ env = \"VAR\" }}, {{ file = \"/path\" }} "
                          "or { secret = \"name\" }")
@@ -200,7 +200,7 @@ def _header(name: str, value, where: str, secrets) -> tuple[str, str | SecretRef
     return name, value
 
 
-def _secret_keys(table: dict, stem: str, where: str, secrets) -> SecretRef | None:
+def secret_keys(table: dict, stem: str, where: str, secrets) -> SecretRef | None:
     """``<stem>_env`` / ``<stem>_file`` / ``<stem>_secret``: at most one, as for pool passwords."""
     given = [k for k in _SOURCES if f"{stem}_{k}" in table]
     if len(given) > 1:
@@ -208,7 +208,7 @@ def _secret_keys(table: dict, stem: str, where: str, secrets) -> SecretRef | Non
     if not given:
         return None
     key = f"{stem}_{given[0]}"
-    return _ref(given[0], _string(table, key, where, required=True), f"{where} {key}", secrets)
+    return _ref(given[0], string(table, key, where, required=True), f"{where} {key}", secrets)
 
 
 def _ref(kind: str, value: str, where: str, secrets) -> SecretRef:
@@ -226,13 +226,13 @@ def _table(value, where: str) -> None:
         raise _error(f"{where} must be a table")
 
 
-def _known(table: dict, allowed: set[str], where: str) -> None:
+def known(table: dict, allowed: set[str], where: str) -> None:
     unknown = sorted(set(table) - allowed)
     if unknown:
         raise _error(f"{where} unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
 
 
-def _string(table: dict, key: str, where: str, required: bool = False) -> str:
+def string(table: dict, key: str, where: str, required: bool = False) -> str:
     value = table.get(key)
     if value is None and required:
         raise _error(f"{where} missing required key `{key}`")
@@ -241,7 +241,7 @@ def _string(table: dict, key: str, where: str, required: bool = False) -> str:
     return value or ""
 
 
-def _number(table: dict, key: str, default, where: str, integer: bool = False):
+def number(table: dict, key: str, default, where: str, integer: bool = False):
     value = table.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) or value < 0:
         kind = "a non-negative integer" if integer else "a non-negative number"

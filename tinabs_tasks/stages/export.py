@@ -53,13 +53,17 @@ def expected_size(xapi, ctx: dict) -> int:
     """What the .xva will take: the data the disks hold, plus their always-written first and last
     chunks and the tar's framing (a little over; never under for the simulator or a real pool)."""
     x = xapi.x
-    total = 1 << 20
+    disks = []
     for vbd in x.VM.get_VBDs(ctx["refs"]["backup_vm"]):
         vdi = x.VBD.get_VDI(vbd)
         if vdi != "OpaqueRef:NULL" and x.VBD.get_type(vbd) == "Disk":
-            used = int(x.VDI.get_physical_utilisation(vdi))
-            total += min(used, int(x.VDI.get_virtual_size(vdi))) + (2 << 20) + used // 512
-    return total
+            disks.append((int(x.VDI.get_physical_utilisation(vdi)), int(x.VDI.get_virtual_size(vdi))))
+    return xva_size(disks)
+
+
+def xva_size(disks: list[tuple[int, int]]) -> int:
+    """The .xva of a VM whose disks hold (physical_utilisation, virtual_size) each (see expected_size)."""
+    return (1 << 20) + sum(min(used, size) + (2 << 20) + used // 512 for used, size in disks)
 
 
 def assert_room(dest: str, needed: int, reserve: int) -> None:

@@ -16,16 +16,20 @@ def describe(selector: dict) -> str:
         return f"tag {selector['tag']}"
     if selector.get("vm"):
         return f"VM {selector['vm']}"
+    if selector.get("uuids"):
+        return f"{len(selector['uuids'])} chosen VM(s)"
     return "all VMs"
 
 
 def select(xapi, selector: dict) -> tuple[list[dict], list[str]]:
     records = xapi.x.VM.get_all_records()
-    candidates = [r for r in records.values() if _backupable(r)]
+    candidates = [r for r in records.values() if backupable(r)]
     if selector.get("tag"):
         chosen = [r for r in candidates if selector["tag"] in r["tags"]]
     elif selector.get("vm"):
         chosen = [r for r in candidates if selector["vm"] in (r["name_label"], r["uuid"])]
+    elif selector.get("uuids"):  # VMs picked one by one (the web console)
+        chosen = [r for r in candidates if r["uuid"] in selector["uuids"]]
     elif selector.get("all"):
         chosen = candidates
     else:
@@ -42,7 +46,7 @@ def select(xapi, selector: dict) -> tuple[list[dict], list[str]]:
     return vms, notes
 
 
-def _backupable(rec: dict) -> bool:
+def backupable(rec: dict) -> bool:
     if rec["is_a_template"] or rec["is_a_snapshot"] or rec["is_control_domain"]:
         return False
     return not (rec["name_label"].startswith(markers.NAME_PREFIX) or markers.RUN in rec["other_config"])
