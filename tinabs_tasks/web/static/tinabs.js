@@ -11,6 +11,10 @@ function humanBytes(n) {
   return (i ? n.toFixed(1) : String(n)) + " " + units[i];
 }
 
+function pct(value) {
+  return Number(value).toFixed(1) + "%";  // as the server renders it: 37.5%, 100.0%
+}
+
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
@@ -34,7 +38,7 @@ function runRow(r) {
     el("td", {}, r.vm), el("td", {}, r.pool),
     el("td", {}, el("span", {class: "state " + r.state}, r.state)),
     el("td", {}, r.stage),
-    el("td", {}, progress(r.progress), " " + r.progress + "%"),
+    el("td", {}, progress(r.progress), " " + pct(r.progress)),
     el("td", {}, humanBytes(r.bytes)),
     el("td", {}, r.rate ? humanBytes(r.rate) + "/s" : ""),
     detail);
@@ -45,7 +49,7 @@ function drawJob(job) {
   state.textContent = job.state;
   state.className = "state " + job.state;
   document.getElementById("total-bar").value = job.progress;
-  document.getElementById("total-text").textContent = job.progress + "%";
+  document.getElementById("total-text").textContent = pct(job.progress);
   document.getElementById("total-counts").textContent = job.ok + "/" + job.total + " succeeded, " + job.failed + " failed";
   document.getElementById("total-bytes").textContent = humanBytes(job.bytes);
   document.getElementById("total-rate").textContent = job.rate ? " at " + humanBytes(job.rate) + "/s" : "";
