@@ -54,7 +54,7 @@ CONFIG_PATH = "/etc/tinabs/tinabs.toml"
 VARIABLE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(:?[-?][^}]*)?\}")
 README = ROOT / "README.md"
 #: services that run the tinabs image (everything but Redis)
-TINABS_SERVICES = ("worker", "beat", "flower", "sim")
+TINABS_SERVICES = ("worker", "beat", "flower", "web", "sim")
 
 
 @pytest.fixture(scope="module")
@@ -117,10 +117,24 @@ def test_redis_persists_its_data(compose):
     assert target == "/data" and source in compose["volumes"], (source, target)
 
 
-def test_only_flower_is_published_and_on_loopback(compose):
+def test_only_flower_and_the_web_console_are_published_and_on_loopback(compose):
     published = {name: s["ports"] for name, s in compose["services"].items() if s.get("ports")}
-    assert set(published) == {"flower"}, published
-    assert all(str(p).startswith("127.0.0.1:") for p in published["flower"]), published
+    assert set(published) == {"flower", "web"}, published
+    assert all(str(p).startswith("127.0.0.1:") for ports in published.values() for p in ports), published
+
+
+def test_the_web_console_needs_its_password_and_gets_no_pool_password(compose, resolved, example_cfg):
+    web = compose["services"]["web"]
+    env = _environment(web)
+    assert env["TINABS_WEB_PASSWORD"].startswith("${TINABS_WEB_PASSWORD:?"), env
+    assert "env_file" not in web and "secrets" not in web
+    assert not {p.password_env for p in example_cfg.pools.values()} & set(env), env
+    # it reads the catalog from the workers' backups volume, and cannot write it
+    cfg = tomllib.loads((DEPLOY / "tinabs.toml").read_text())
+    mounts = {target: (source, mode) for source, target, mode in _mounts(resolved["services"]["web"])}
+    worker = {target: source for source, target, _ in _mounts(resolved["services"]["worker"])}
+    assert mounts[cfg["destination"]] == (worker[cfg["destination"]], "ro"), mounts
+    assert example_cfg.web.flower_url.startswith("http://127.0.0.1:5555"), example_cfg.web
 
 
 def test_flower_requires_basic_auth(compose):
@@ -132,7 +146,7 @@ def test_flower_requires_basic_auth(compose):
     assert "FLOWER_UNAUTHENTICATED_API" not in env and "--auth" not in command
 
 
-@pytest.mark.parametrize("name", ["worker", "beat", "flower"])
+@pytest.mark.parametrize("name", ["worker", "beat", "flower", "web"])
 def test_workers_and_flower_log_in_to_redis(compose, name):
     env = _environment(compose["services"][name])
     url = env["TINABS_BROKER_URL"]
@@ -140,7 +154,7 @@ def test_workers_and_flower_log_in_to_redis(compose, name):
     assert env["TINABS_CONFIG"] == CONFIG_PATH
 
 
-@pytest.mark.parametrize("name", ["worker", "beat", "flower"])
+@pytest.mark.parametrize("name", ["worker", "beat", "flower", "web"])
 def test_one_config_file_mounted_read_only(resolved, name):
     mounts = [m for m in _mounts(resolved["services"][name]) if m[1] == CONFIG_PATH]
     assert len(mounts) == 1 and mounts[0][2] == "ro", mounts
@@ -150,7 +164,7 @@ def test_one_config_file_mounted_read_only(resolved, name):
 def test_the_config_file_is_chosen_in_the_env_file(compose, env_example):
     # Given TINABS_CONFIG_FILE in .env, every tinabs service mounts that file (the try-out's, say)
     tryout = interpolate(compose, {**env_example, "TINABS_CONFIG_FILE": "./tinabs-sim.toml"})
-    for name in ("worker", "beat", "flower"):
+    for name in ("worker", "beat", "flower", "web"):
         sources = [m[0] for m in _mounts(tryout["services"][name]) if m[1] == CONFIG_PATH]
         assert sources == ["./tinabs-sim.toml"], (name, sources)
 
@@ -175,7 +189,7 @@ def test_every_variable_is_in_env_example(compose, env_example):
     # a variable with a default (${X:-default}) is optional: env.example shows it, perhaps commented out
     names = {name for name, modifier in used if not modifier.lstrip(":").startswith("-")}
     optional = {name for name, _ in used} - names
-    assert {"REDIS_PASSWORD", "FLOWER_BASIC_AUTH"} <= names
+    assert {"REDIS_PASSWORD", "FLOWER_BASIC_AUTH", "TINABS_WEB_PASSWORD"} <= names
     assert names <= set(env_example), names - set(env_example)
     assert all(re.search(rf"^#? ?{name}=", ENV_EXAMPLE.read_text(), re.M) for name in optional), optional
     user, _, password = env_example["FLOWER_BASIC_AUTH"].partition(":")
@@ -361,7 +375,7 @@ def test_the_healthcheck_pings_the_node_its_command_starts(resolved, example_cfg
     assert words[words.index("-d") + 1] == node.replace("%h", "$HOSTNAME")
 
 
-@pytest.mark.parametrize("name", ["flower", "sim"])
+@pytest.mark.parametrize("name", ["flower", "web", "sim"])
 def test_python_healthchecks_compile(compose, name):
     kind, program, flag, code = compose["services"][name]["healthcheck"]["test"]
     assert (kind, program, flag) == ("CMD", "python", "-c")
@@ -372,7 +386,7 @@ def test_every_service_has_a_healthcheck_and_restarts(compose):
     for name, service in compose["services"].items():
         assert service.get("healthcheck", {}).get("test"), name
         assert service.get("restart") == "unless-stopped", name
-    for name in ("worker", "beat", "flower"):  # Redis first, and healthy
+    for name in ("worker", "beat", "flower", "web"):  # Redis first, and healthy
         assert compose["services"][name]["depends_on"] == {"redis": {"condition": "service_healthy"}}
 
 

@@ -48,7 +48,8 @@ shared_sr = "nfs-shared"
 
 def service(name: str) -> dict:
     """A service with ${...} filled in (values that do not matter here) and $$ turned into $."""
-    return interpolate(COMPOSE["services"][name], {"REDIS_PASSWORD": "x", "FLOWER_BASIC_AUTH": "admin:x"})
+    return interpolate(COMPOSE["services"][name], {"REDIS_PASSWORD": "x", "FLOWER_BASIC_AUTH": "admin:x",
+                                                   "TINABS_WEB_PASSWORD": "x" * 12})
 
 
 def run_healthcheck(name: str, env: dict, replace: tuple[str, str] | None = None) -> int:
@@ -162,6 +163,19 @@ def test_flower_healthcheck_answers_without_credentials(tinabs_env, tmp_path):
     finally:
         flower.stop()
     assert run_healthcheck("flower", env, at_port) != 0
+
+
+def test_web_healthcheck_answers_without_a_login(tinabs_env, tmp_path):
+    port = free_port()
+    argv = [a.replace("0.0.0.0:8080", f"127.0.0.1:{port}") for a in command("web")]
+    env = {**tinabs_env, "TINABS_WEB_PASSWORD": "s3cret-web-console"}
+    web = Started(argv, env, tmp_path / "web.log", "Application startup complete")
+    at_port = (":8080/", f":{port}/")
+    try:
+        assert run_healthcheck("web", env, at_port) == 0
+    finally:
+        web.stop()
+    assert run_healthcheck("web", env, at_port) != 0
 
 
 def _start_compose_sim(attempts: int = 5) -> tuple[SimProc, int]:
