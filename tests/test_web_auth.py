@@ -134,3 +134,44 @@ def test_the_console_does_not_start_without_a_good_password(dep):
         proc = subprocess.run([sys.executable, "-m", "tinabs_tasks.cli", "web", "--listen", "127.0.0.1:1"],
                               env=env, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def _logged_in(dep) -> WebClient:
+    client = WebClient(dep.web.base)
+    assert client.login("admin", PASSWORD).status == 303
+    return client
+
+
+def test_a_plan_for_any_tag_lists_exactly_the_vms_carrying_it(dep):
+    from helpers.pool_checks import backupable_vms
+    client = _logged_in(dep)
+    state = dep.sim.state()
+    expected = sorted(vm["uuid"][:8] for pool in state["pools"] for vm in backupable_vms(state, pool)
+                      if "prod" in vm["tags"])
+    reply = client.get("/backup/preview?kind=tag&tag=prod&mode=sr-copy&pool=pool-a&pool=pool-b")
+    assert reply.status == 200
+    rows = re.findall(r'<tr class="planned"><td>[^<]*<span class="uuid">([0-9a-f]{8})</span>', reply.body)
+    assert sorted(rows) == expected and expected
+    assert "to the backup SR" in reply.body  # sr-copy: both estimates
+    assert not dep.redis.keys("tinabs:job:*")  # a plan starts nothing
+
+
+@pytest.mark.parametrize("query,says", [
+    ("kind=tag&tag=", "give a tag"),
+    ("kind=vms", "no VM selected"),
+    ("kind=today&pool=nope", "unknown pool `nope`"),
+    ("kind=today&mode=fast", "mode must be export or sr-copy"),
+])
+def test_a_plan_from_bad_input_says_what_is_wrong(dep, query, says):
+    reply = _logged_in(dep).get(f"/backup/preview?{query}")
+    assert reply.status == 400 and says in reply.body, (reply.status, reply.body[-500:])
+
+
+def test_pages_load_nothing_from_elsewhere(dep):
+    client = _logged_in(dep)
+    pages = [(client, p) for p in ("/pools", "/backup/new", "/jobs", "/catalog")] + [(WebClient(dep.web.base), "/login")]
+    for c, path in pages:
+        body = c.get(path).body
+        links = re.findall(r'(?:src|href|action)="([^"]*)"', body)
+        assert links and all(link.startswith(("/", "#", "?")) for link in links), (path, links)
+    assert "default-src 'self'" in client.get("/pools").headers["content-security-policy"]
