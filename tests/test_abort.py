@@ -79,3 +79,26 @@ def test_abort_of_an_unknown_or_ended_job_says_so(dep):
     proc = dep.cli("abort", job["id"])
     assert proc.returncode == 0 and "already ended; nothing to abort" in proc.stdout, proc.stdout
     assert not dep.status(job["id"]).get("aborted")
+
+
+def test_a_run_that_finished_its_backup_keeps_it(dep):
+    # Given a VM whose export is written and whose manifest is being written (the call for the
+    # pool's version, slowed down in the pool): what is left is the cleanup stage
+    dep.sim.clear_faults()
+    dep.sim.add_fault({"method": "host.get_software_version", "delay_s": 3.0, "pool": POOL, "times": 1})
+    before = set(dep.files())
+    started = dep.cli("backup", "--vm", "db-01", "--pool", POOL, "--json", check=True)
+    job = json.loads(started.stdout)["job"]
+    deadline = time.monotonic() + 60
+    while _faults(dep):  # (a fault of `times: 1` is gone once it fired)
+        assert time.monotonic() < deadline, f"the manifest was never written: {dep.status(job)}"
+        time.sleep(0.05)
+    # When the job is aborted then
+    proc = dep.cli("abort", job, "--wait", "--timeout", "60", timeout=90)
+    # Then the run still cleans up and its backup stays: one .xva and its manifest, nothing on the pool
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (run,) = dep.status(job)["runs"]
+    assert run["state"] == "succeeded", run
+    new = set(dep.files()) - before
+    assert sorted(p.suffix for p in new) == [".json", ".xva"], sorted(new)
+    assert_clean(dep, new)

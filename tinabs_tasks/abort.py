@@ -6,6 +6,8 @@
 * a chain's next stage, when a worker takes it, does no work and hands the run to
   compensation, which removes what the run made by marker and marks it failed with the
   reason "aborted" (tasks.run_stage) — that is how the job's pending chains are revoked;
+* a run already at its cleanup stage is left to finish: its backup is complete, and cleanup
+  is what leaves the pool clean (throwing the backup away would help nobody);
 * a stage working now is stopped: `AbortWatch`, beside it in the worker, sees the mark
   within a second and cancels the run's XAPI tasks on the pool (a snapshot, a disk copy, an
   export or metadata transfer: each carries the run in its ``other_config``, xapi/port.py),

@@ -8,6 +8,7 @@ everything of the run by marker and then marks the run failed.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -130,17 +131,24 @@ def run_stage(task, name: str, ctx: dict) -> dict:
             raise Ignore()
         if done == index:
             return recorded
-        if jobs.aborted(ctx["job"]):  # a pending stage of an aborted job: no work, straight to cleanup
+        if _obeys_abort(name) and jobs.aborted(ctx["job"]):  # a pending stage of an aborted job: no work
             guard.release()
             raise _give_up(ctx, name, abort.reason(jobs, ctx["job"]), jobs)
         _vm_locks().renew(ctx["pool"], ctx["vm"]["uuid"], run)
-        with Heartbeat([guard.lease.renew], CFG.limits.lease_s / 4), \
-                abort.AbortWatch(jobs, ctx["job"], run, lambda: connect.PoolSession(CFG.pool(ctx["pool"]))):
+        watch = abort.AbortWatch(jobs, ctx["job"], run, lambda: connect.PoolSession(CFG.pool(ctx["pool"]))) \
+            if _obeys_abort(name) else contextlib.nullcontext()
+        with Heartbeat([guard.lease.renew], CFG.limits.lease_s / 4), watch:
             ctx = _work(task, name, ctx, jobs, guard)
         guard.finished(index, ctx)
         return ctx
     finally:
         guard.release()
+
+
+def _obeys_abort(stage: str) -> bool:
+    """Every stage but cleanup: a run that reached cleanup holds a complete backup, and cleanup
+    is itself what leaves the pool clean; aborting it would throw the backup away."""
+    return stage != "cleanup"
 
 
 def _skip_if_ended(jobs: JobStore, run: str) -> None:
@@ -170,7 +178,7 @@ def _work(task, name: str, ctx: dict, jobs: JobStore, guard: StageGuard) -> dict
 
 
 def _give_up_or_retry(task, name: str, ctx: dict, exc: BaseException, jobs: JobStore):
-    if jobs.aborted(ctx["job"]):  # (its XAPI task was cancelled, or it failed meanwhile): no retry
+    if _obeys_abort(name) and jobs.aborted(ctx["job"]):  # (its XAPI task was cancelled, or it failed meanwhile)
         return _give_up(ctx, name, abort.reason(jobs, ctx["job"]), jobs)
     err = classify(exc, ctx["pool"])
     if err.code in RELOGIN_CODES:
