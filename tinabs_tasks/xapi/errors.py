@@ -5,6 +5,7 @@ import errno
 import http.client
 import socket
 import ssl
+import xml.parsers.expat
 import xmlrpc.client
 
 import XenAPI
@@ -82,6 +83,10 @@ def classify(exc: BaseException, pool: str) -> StageError:
     if isinstance(exc, (ConnectionError, socket.timeout, TimeoutError, http.client.HTTPException,
                         xmlrpc.client.ProtocolError, OSError, EOFError)):
         return StageError(f"pool `{pool}`: cannot reach the pool ({type(exc).__name__}: {exc})", True, "NETWORK")
+    if isinstance(exc, xml.parsers.expat.ExpatError):
+        # an XML-RPC reply cut off (empty, or half a document): the connection broke mid-answer,
+        # as when the master goes down; the call is made again like any network failure
+        return StageError(f"pool `{pool}`: its answer was cut off ({exc})", True, "NETWORK")
     if isinstance(exc, xmlrpc.client.Fault):
         return StageError(f"pool `{pool}`: XML-RPC fault {exc.faultString}", True, "FAULT")
     return StageError(f"pool `{pool}`: unexpected {type(exc).__name__}: {exc}", False, "BUG")
