@@ -32,20 +32,13 @@ def dep(redis_server, tmp_path_factory):
         d.stop()
 
 
-def _faults(dep) -> list[dict]:
-    return dep.sim.control_call("GET", "/sim/faults")[1]["faults"]
-
-
 def test_abort_cancels_the_running_export_stops_pending_chains_and_leaves_the_pool_clean(dep):
     # Given every export stalls inside the pool, and a job of every VM of the pool is running
     dep.sim.add_fault({"handler": "/export", "delay_s": STALL_S, "pool": POOL})
     before = set(dep.files())
     started = dep.cli("backup", "--all", "--pool", POOL, "--mode", "export", "--json", check=True)
     job = json.loads(started.stdout)["job"]
-    deadline = time.monotonic() + 90
-    while not _faults(dep)[0]["fired"]:
-        assert time.monotonic() < deadline, f"no export started: {dep.status(job)}"
-        time.sleep(0.1)
+    dep.sim.wait_fired(timeout=90)
     # When the job is aborted
     began = time.monotonic()
     proc = dep.cli("abort", job, "--wait", "--timeout", "90", timeout=120)
@@ -89,10 +82,7 @@ def test_a_run_that_finished_its_backup_keeps_it(dep):
     before = set(dep.files())
     started = dep.cli("backup", "--vm", "db-01", "--pool", POOL, "--json", check=True)
     job = json.loads(started.stdout)["job"]
-    deadline = time.monotonic() + 60
-    while _faults(dep):  # (a fault of `times: 1` is gone once it fired)
-        assert time.monotonic() < deadline, f"the manifest was never written: {dep.status(job)}"
-        time.sleep(0.05)
+    dep.sim.wait_fired()
     # When the job is aborted then
     proc = dep.cli("abort", job, "--wait", "--timeout", "60", timeout=90)
     # Then the run still cleans up and its backup stays: one .xva and its manifest, nothing on the pool

@@ -82,10 +82,6 @@ def dep(deployment):
 
 
 # -- helpers ------------------------------------------------------------------
-def _faults(dep) -> list[dict]:
-    return dep.sim.control_call("GET", "/sim/faults")[1]["faults"]
-
-
 # -- 1. transient faults are retried -------------------------------------------
 @pytest.mark.parametrize("stage,mode,fault", TRANSIENT)
 def test_transient_fault_at_each_stage_is_retried(dep, stage, mode, fault):
@@ -95,7 +91,7 @@ def test_transient_fault_at_each_stage_is_retried(dep, stage, mode, fault):
     # When one VM is backed up
     code, job = dep.backup("--vm", VM, "--pool", POOL, "--mode", mode, timeout=90)
     # Then the fault fired (times=1 faults are gone once used) and the stage was retried once
-    assert _faults(dep) == [], "the fault never fired: the test would prove nothing"
+    assert dep.sim.faults() == [], "the fault never fired: the test would prove nothing"
     (run,) = job["runs"]
     assert code == 0 and run["state"] == "succeeded", run
     assert run["retries"] == "1", run
@@ -114,7 +110,7 @@ def test_permanent_fault_at_each_stage_fails_that_vm_only(dep, stage, mode, faul
     before = set(dep.files())
     # When every VM of the pool is backed up
     status, job = dep.backup("--all", "--pool", POOL, "--mode", mode, timeout=120)
-    assert _faults(dep) == [], "the fault never fired: the test would prove nothing"
+    assert dep.sim.faults() == [], "the fault never fired: the test would prove nothing"
     # Then the job fails (non-zero exit) with exactly one failed VM, the others backed up
     assert status != 0 and len(job["runs"]) >= 2
     failed = [r for r in job["runs"] if r["state"] != "succeeded"]
@@ -147,7 +143,7 @@ def test_a_snapshot_that_could_not_be_marked_is_not_left_behind(dep, error, succ
                        "times": 1})
     # When the VM is backed up
     status, job = dep.backup("--vm", VM, "--pool", POOL, "--mode", "export", timeout=90)
-    assert _faults(dep) == [], "the fault never fired: the test would prove nothing"
+    assert dep.sim.faults() == [], "the fault never fired: the test would prove nothing"
     (run,) = job["runs"]
     assert (status == 0) == succeeds and run["state"] == ("succeeded" if succeeds else "failed"), run
     # Then no snapshot of the system disk is left behind, marked or not
@@ -169,7 +165,7 @@ def test_a_fault_that_never_clears_fails_the_vm_after_the_configured_retries(dep
     # When one VM is backed up
     status, job = dep.backup("--vm", VM, "--pool", POOL, "--mode", mode, timeout=90)
     # Then the stage ran once plus max_retries times, and no more
-    (fault_state,) = _faults(dep)
+    (fault_state,) = dep.sim.faults()
     assert fault_state["fired"] == 1 + MAX_RETRIES
     # And the VM failed with the reason and the number of retries
     (run,) = job["runs"]

@@ -31,6 +31,7 @@ import redis
 
 from helpers.backup_checks import assert_clean, assert_one_backup, run_id
 from helpers.deployment import Deployment
+from helpers.procs import finish
 
 POOL = "pool-a"
 VM = "db-01"  # a data disk, a CD drive and VIFs: every stage has work
@@ -93,10 +94,6 @@ def _keep_two_workers(dep) -> None:
         dep.start_worker(f"m{time.monotonic_ns()}")
 
 
-def _faults(dep) -> list[dict]:
-    return dep.sim.control_call("GET", "/sim/faults")[1]["faults"]
-
-
 def _start_backup(dep, mode: str, vm: str = VM) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "tinabs_tasks.cli", "backup", "--vm", vm, "--pool", POOL,
                              "--mode", mode, "--wait", "--json"], env=dep.env, stdout=subprocess.PIPE,
@@ -104,24 +101,11 @@ def _start_backup(dep, mode: str, vm: str = VM) -> subprocess.Popen:
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 150) -> tuple[int, dict]:
+    code, out, err = finish(proc, "the job", timeout)
     try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        raise AssertionError(f"the job never ended (no terminal state in {timeout}s):\n{out}\n{err}") from None
-    try:
-        return proc.returncode, json.loads(out)
+        return code, json.loads(out)
     except ValueError:
-        raise AssertionError(f"no JSON from tinabs backup (exit {proc.returncode}):\n{out}\n{err}") from None
-
-
-def _wait_fired(dep, timeout: float = 60) -> None:
-    """Until the (times = 1) fault has fired: the stage is inside that call now."""
-    deadline = time.monotonic() + timeout
-    while _faults(dep):
-        assert time.monotonic() < deadline, f"the fault never fired: {_faults(dep)}"
-        time.sleep(0.05)
+        raise AssertionError(f"no JSON from tinabs backup (exit {code}):\n{out}\n{err}") from None
 
 
 def _current_run(dep) -> dict:
@@ -156,7 +140,7 @@ def test_sessions_expiring_at_a_stage_cost_a_login_not_a_retry(dep, stage, mode)
     # When the VM is backed up
     code, job = _finish(_start_backup(dep, mode))
     # Then the fault fired, the run logged in again and succeeded without using a retry
-    assert _faults(dep) == [], "the sessions never expired: the test would prove nothing"
+    assert dep.sim.faults() == [], "the sessions never expired: the test would prove nothing"
     run = _assert_settled(dep, code, job, before)
     assert "retries" not in run, run
 
@@ -168,7 +152,7 @@ def test_a_pool_unreachable_during_a_stage_is_waited_for(dep, stage, mode):
     dep.sim.add_fault({**STAGE_CALL[stage], "delay_s": 1.0, "pool": POOL, "times": 1})
     before = set(dep.files())
     proc = _start_backup(dep, mode)
-    _wait_fired(dep)
+    dep.sim.wait_fired()
     # When the pool refuses connections (and resets open ones) for 4 seconds, longer than all the retries
     status, _ = dep.sim.control_call("POST", f"/sim/pools/{POOL}/offline", {"seconds": 4})
     assert status == 200
@@ -182,7 +166,7 @@ def test_a_pool_unreachable_for_too_long_fails_the_vm_and_cleans_up_when_back(de
     dep.sim.add_fault({"method": "VIF.create", "delay_s": 0.5, "pool": POOL, "times": 1})
     before = set(dep.files())
     proc = _start_backup(dep, "sr-copy")
-    _wait_fired(dep)
+    dep.sim.wait_fired()
     dep.sim.control_call("POST", f"/sim/pools/{POOL}/offline", {"seconds": 36})
     # ...but not longer than compensation waits (twice that)
     code, job = _finish(proc, timeout=180)
@@ -201,7 +185,7 @@ def test_a_worker_killed_mid_stage_is_replaced_and_the_chain_completes(dep, stag
     dep.sim.add_fault({**STAGE_CALL[stage], "delay_s": 2.0, "pool": POOL, "times": 1})
     before = set(dep.files())
     proc = _start_backup(dep, mode)
-    _wait_fired(dep)
+    dep.sim.wait_fired()
     # When the worker process doing the stage (its PID as the run records it) is killed with SIGKILL,
     # together with its parent worker, as a power cut would, and a new worker is started
     run = _current_run(dep)
@@ -225,7 +209,7 @@ def test_a_worker_killed_holding_the_redelivery_lock_stalls_nothing_for_long(dep
     dep.sim.add_fault({**STAGE_CALL["disks"], "delay_s": 2.0, "pool": POOL, "times": 1})
     before = set(dep.files())
     proc = _start_backup(dep, "export")
-    _wait_fired(dep)
+    dep.sim.wait_fired()
     pid = int(_current_run(dep)["worker"].rsplit(":", 1)[1])
     (victim,) = [w for w in dep.workers if pid in w.child_pids() or pid == w.proc.pid]
     victim.kill()
@@ -253,7 +237,7 @@ def test_a_stage_slower_than_the_visibility_timeout_runs_once(dep, stage, mode):
     proc = _start_backup(dep, mode)
     code, job = _finish(proc, timeout=180)
     # Then the call was made once: no second copy of the stage ran, at the same time or after
-    (fault,) = _faults(dep)
+    (fault,) = dep.sim.faults()
     assert fault["fired"] == 1, fault
     # And there is one backup, no second file, nothing left
     _assert_settled(dep, code, job, before)

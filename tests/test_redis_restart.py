@@ -101,10 +101,7 @@ def test_a_redis_restart_mid_job_loses_nothing_and_duplicates_nothing(setup):
     waiting = subprocess.Popen([sys.executable, "-m", "tinabs_tasks.cli", "backup", "--all", "--pool", POOL,
                                 "--mode", "export", "--wait", "--json"], env=dep.env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not dep.sim.control_call("GET", "/sim/faults")[1]["faults"][0]["fired"]:
-        assert time.monotonic() < deadline, "no export started"
-        time.sleep(0.05)
+    dep.sim.wait_fired()  # an export started
     # When the Redis server dies (SIGKILL) and comes back two seconds later from its append-only file
     server.kill()
     time.sleep(2)

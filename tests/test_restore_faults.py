@@ -16,6 +16,7 @@ import time
 import pytest
 
 from helpers.deployment import Deployment
+from helpers.procs import finish
 from helpers.pool_checks import litter
 
 POOL = "pool-a"
@@ -70,10 +71,6 @@ def dep(deployment):
     deployment.sim.clear_faults()
 
 
-def _faults(dep) -> list[dict]:
-    return dep.sim.control_call("GET", "/sim/faults")[1]["faults"]
-
-
 def _vms(dep) -> dict[str, dict]:
     return {v["uuid"]: v for v in dep.sim.state()["pools"][POOL]["VM"].values()}
 
@@ -84,20 +81,7 @@ def _start_restore(dep, path: str) -> subprocess.Popen:
 
 
 def _finish(proc, timeout: float = 150) -> tuple[int, str, str]:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        raise AssertionError(f"the restore never ended in {timeout}s:\n{out}\n{err}") from None
-    return proc.returncode, out, err
-
-
-def _wait_fired(dep, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while _faults(dep):
-        assert time.monotonic() < deadline, f"the fault never fired: {_faults(dep)}"
-        time.sleep(0.05)
+    return finish(proc, "the restore", timeout)
 
 
 def _assert_one_restored(dep, before: dict, code: int, out: str, err: str) -> dict:
@@ -133,7 +117,7 @@ def test_a_restore_rides_out_a_passing_fault(dep, backups, mode, effect):
     # When the backup is restored
     code, out, err = _finish(_start_restore(dep, backups[mode]))
     # Then the fault fired and there is exactly one restored VM, nothing else
-    assert _faults(dep) == [], "the fault never fired"
+    assert dep.sim.faults() == [], "the fault never fired"
     _assert_one_restored(dep, before, code, out, err)
 
 
@@ -152,7 +136,7 @@ def test_a_worker_killed_mid_restore_is_replaced_and_one_vm_is_restored(dep, bac
     dep.sim.add_fault({"handler": HANDLER[mode], "delay_s": 2.0, "pool": POOL, "times": 1})
     before = _vms(dep)
     proc = _start_restore(dep, backups[mode])
-    _wait_fired(dep)
+    dep.sim.wait_fired()
     # When every worker process is killed with SIGKILL (the restore runs on one of them) and a new one starts
     for worker in list(dep.workers):
         worker.kill()
@@ -169,7 +153,7 @@ def test_a_pool_unreachable_mid_restore_is_waited_for(dep, backups, mode):
     dep.sim.add_fault({"handler": HANDLER[mode], "delay_s": 1.0, "pool": POOL, "times": 1})
     before = _vms(dep)
     proc = _start_restore(dep, backups[mode])
-    _wait_fired(dep)
+    dep.sim.wait_fired()
     assert dep.sim.control_call("POST", f"/sim/pools/{POOL}/offline", {"seconds": 4})[0] == 200
     code, out, err = _finish(proc)
     _assert_one_restored(dep, before, code, out, err)
@@ -182,7 +166,7 @@ def test_a_restore_slower_than_the_visibility_timeout_imports_once(dep, backups,
     before = _vms(dep)
     logs_from = {w.name: w.log_path.stat().st_size for w in dep.workers}
     code, out, err = _finish(_start_restore(dep, backups[mode]), timeout=180)
-    (fault,) = _faults(dep)
+    (fault,) = dep.sim.faults()
     assert fault["fired"] == 1, fault  # one import, though Redis handed the task out again
     _assert_one_restored(dep, before, code, out, err)
     received = []

@@ -27,10 +27,7 @@ def test_a_vm_still_being_backed_up_is_skipped_by_the_next_job_and_free_after(de
     first = subprocess.Popen([sys.executable, "-m", "tinabs_tasks.cli", "backup", "--vm", VM, "--pool", POOL,
                               "--mode", "export", "--wait", "--json"], env=dep.env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while dep.sim.control_call("GET", "/sim/faults")[1]["faults"]:
-        assert time.monotonic() < deadline, "the first job never started its export"
-        time.sleep(0.05)
+    dep.sim.wait_fired()  # the first job started its export
     # When a second job asks for the same VM meanwhile
     code, second = dep.backup("--vm", VM, "--pool", POOL, "--mode", "export")
     # Then it starts nothing for that VM, says why, and exits 0 (nothing failed)

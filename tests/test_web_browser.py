@@ -208,7 +208,7 @@ def test_a_sysadmin_session_in_the_browser(dep, browser):
     _until(lambda: len(d.find_elements(By.CSS_SELECTOR, "tr.planned")) == 2, 60, "the plan of the two VMs")
     _click_to(d, d.find_element(By.ID, "start"), "/jobs/")
     slow_job = d.current_url.rstrip("/").rsplit("/", 1)[1]
-    _until(lambda: dep.sim.control_call("GET", "/sim/faults")[1]["faults"][0]["fired"], 90, "an export to stall")
+    dep.sim.wait_fired(timeout=90)  # an export stalled
     d.find_element(By.ID, "abort").click()
     Alert(d).accept()
     began = time.monotonic()

@@ -92,6 +92,17 @@ class SimProc:
         assert status == 200, body
         return body
 
+    def faults(self) -> list[dict]:
+        """The active faults, each with its `fired` count (one of `times: N` is gone once used up)."""
+        return self.control_call("GET", "/sim/faults")[1]["faults"]
+
+    def wait_fired(self, timeout: float = 60) -> None:
+        """Until every fault added has fired: the stage meeting it is inside that call now."""
+        deadline = time.monotonic() + timeout
+        while not all(f["fired"] for f in self.faults()):
+            assert time.monotonic() < deadline, f"a fault never fired: {self.faults()}"
+            time.sleep(0.05)
+
     def clear_faults(self) -> None:
         self.control_call("DELETE", "/sim/faults")
 
