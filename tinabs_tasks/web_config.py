@@ -16,7 +16,7 @@ from .reports_config import SecretRef, _error, known, number, secret_keys, strin
 DEFAULT_LISTEN = "127.0.0.1:8080"
 PASSWORD_ENV = "TINABS_WEB_PASSWORD"
 _KEYS = {"listen", "username", "password_env", "password_file", "password_secret", "flower_url",
-         "secure_cookies", "session_hours", "tls_cert", "tls_key"}
+         "secure_cookies", "session_hours", "tls_cert", "tls_key", "answer_wait_s"}
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,8 @@ class WebConfig:
     session_hours: float = 12.0
     tls_cert: str = ""
     tls_key: str = ""
+    #: how long a page waits for a pool's worker to answer (then it says none did)
+    answer_wait_s: float = 20.0
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -74,10 +76,13 @@ def parse(table, path: str, secrets: tuple[str, str]) -> WebConfig:
     hours = number(table, "session_hours", 12.0, where)
     if hours <= 0:
         raise _error(f"{where} session_hours must be above 0")
+    wait = number(table, "answer_wait_s", 20.0, where)
+    if wait <= 0:
+        raise _error(f"{where} answer_wait_s must be above 0")
     cert, key = string(table, "tls_cert", where), string(table, "tls_key", where)
     if bool(cert) != bool(key):
         raise _error(f"{where} give both tls_cert and tls_key (or neither)")
     return WebConfig(listen=listen, username=string(table, "username", where) or "admin",
                      password=secret_keys(table, "password", where, secrets) or SecretRef("env", PASSWORD_ENV),
                      flower_url=flower.rstrip("/"), secure_cookies=secure, session_hours=hours,
-                     tls_cert=cert, tls_key=key)
+                     tls_cert=cert, tls_key=key, answer_wait_s=wait)

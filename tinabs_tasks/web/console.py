@@ -19,8 +19,6 @@ from ..redis_client import client
 from ..schedule_times import WEEKDAYS
 from ..stages.plan import describe
 
-#: how long the console waits for a pool's worker to answer (then says no worker answered)
-ANSWER_WAIT_S = 20.0
 #: a pool's inventory is asked again after this (or on "refresh")
 INVENTORY_FRESH_S = 15.0
 POLL_S = 0.05
@@ -38,7 +36,7 @@ class Answer:
     error: str = ""
 
 
-def wait_answers(results: dict, wait_s: float = ANSWER_WAIT_S) -> dict[str, Answer]:
+def wait_answers(results: dict, wait_s: float) -> dict[str, Answer]:
     """{name: AsyncResult} -> {name: Answer}: all at once, until each is in or the wait is over."""
     deadline = time.monotonic() + wait_s
     answers: dict[str, Answer] = {}
@@ -67,6 +65,9 @@ class Console:
         self.redis = client(cfg.broker_url)
         self.store = JobStore(self.redis, cfg.limits.state_ttl_s)
         self._inventory: dict[str, tuple[float, Answer]] = {}
+        #: how long a page waits for a worker's answer; a question left unanswered expires with it
+        #: (a worker that comes back later does not answer it for nobody)
+        self._wait = cfg.web.answer_wait_s
 
     # -- pools ------------------------------------------------------------------------------
     def pools(self, refresh: bool = False) -> list[dict]:
@@ -76,8 +77,8 @@ class Console:
         stale = [p for p in sorted(self.cfg.pools)
                  if refresh or p not in self._inventory or now - self._inventory[p][0] > INVENTORY_FRESH_S]
         if stale:
-            sent = {p: inventory.apply_async((p,), queue=self.cfg.pool(p).queue) for p in stale}
-            for p, answer in wait_answers(sent).items():
+            sent = {p: inventory.apply_async((p,), queue=self.cfg.pool(p).queue, expires=self._wait) for p in stale}
+            for p, answer in wait_answers(sent, self._wait).items():
                 self._inventory[p] = (time.monotonic(), answer)
         last = self.last_backups()
         out = []
@@ -132,9 +133,10 @@ class Console:
     def preview(self, selector: dict, mode: str, pools: list[str]) -> dict:
         """What the job would back up now, per pool (plan.select on a worker), with estimates."""
         from ..tasks_console import preview
-        sent = {p: preview.apply_async((p, selector, mode), queue=self.cfg.pool(p).queue) for p in pools}
+        sent = {p: preview.apply_async((p, selector, mode), queue=self.cfg.pool(p).queue, expires=self._wait)
+                for p in pools}
         per_pool = []
-        for p, answer in sorted(wait_answers(sent).items()):
+        for p, answer in sorted(wait_answers(sent, self._wait).items()):
             data = answer.value if answer.ok else {"pool": p, "reachable": False, "error": answer.error,
                                                    "vms": [], "notes": []}
             per_pool.append(data)

@@ -1,0 +1,67 @@
+"""The console's Pools page when a pool cannot answer: it says why, per pool, and still shows
+the others (a real `tinabs web`, workers, a private Redis and the simulator)."""
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from helpers.deployment import TEST_TUNING, Deployment
+from helpers.web_client import WebClient
+from helpers.web_proc import PASSWORD, WebProc
+
+SIM_ARGS = ("--pools", "3", "--vms-per-pool", "2", "--disk-mib", "2")
+ANSWER_WAIT_S = 4
+WEB = f"""
+[web]
+answer_wait_s = {ANSWER_WAIT_S}
+"""
+
+
+@pytest.fixture(scope="module")
+def dep(redis_server, tmp_path_factory):
+    d = Deployment(tmp_path_factory.mktemp("webpools"), redis_server, SIM_ARGS, db=10, tuning=TEST_TUNING + WEB)
+    d.redis.flushdb()
+    web = None
+    try:
+        # no worker serves pool-c: nobody can tell what it holds
+        d.start_worker("wp1", queues=["tinabs", "tinabs.pool.pool-a", "tinabs.pool.pool-b"])
+        web = WebProc(d.env, d.root).start()
+        d.web = web
+        yield d
+    finally:
+        if web:
+            web.stop()
+        d.stop()
+
+
+def _section(body: str, pool: str) -> str:
+    found = re.search(rf'<section class="pool card" id="pool-{pool}">(.*?)</section>', body, re.S)
+    assert found, pool
+    return found.group(1)
+
+
+def test_an_offline_pool_and_a_pool_without_worker_say_why_and_the_others_show(dep):
+    client = WebClient(dep.web.base)
+    assert client.login("admin", PASSWORD).status == 303
+    status, _ = dep.sim.control_call("POST", "/sim/pools/pool-b/offline", {"seconds": 60})
+    assert status == 200
+    began = time.monotonic()
+    reply = client.get("/pools?refresh=1")
+    took = time.monotonic() - began
+    assert reply.status == 200
+    a, b, c = (_section(reply.body, p) for p in ("pool-a", "pool-b", "pool-c"))
+    assert "reachable" in a and "unreachable" not in a and a.count('class="vm"') == 2
+    assert "unreachable" in b and "cannot reach the pool" in b, b
+    assert "unreachable" in c and f"no worker answered within {ANSWER_WAIT_S}s" in c and "tinabs.pool.pool-c" in c, c
+    assert took < ANSWER_WAIT_S + 10, took  # waited for the silent pool, not longer
+    # and the question nobody answered expires: a worker that comes later drops it unanswered
+    late = dep.start_worker("wp2", queues=["tinabs.pool.pool-c"])
+    deadline = time.monotonic() + 30
+    while "tinabs.inventory" not in late.log_path.read_text():
+        assert time.monotonic() < deadline, late.log_tail()
+        time.sleep(0.2)
+    log = late.log_path.read_text()
+    assert re.search(r"Discarding revoked task: tinabs\.inventory", log), log
+    assert not re.search(r"Task tinabs\.inventory\[[^\]]+\] succeeded", log), log
