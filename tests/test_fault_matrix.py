@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import pytest
-import redis
 
 from helpers.backup_checks import assert_clean, assert_one_backup, run_id
 from helpers.deployment import Deployment

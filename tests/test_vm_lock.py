@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 from helpers.backup_checks import assert_clean, assert_one_backup
 
