@@ -170,6 +170,14 @@ def test_a_backup_that_does_not_exist(deployment, backup, command):
     clear_error(proc, 2, "no manifest 20260101T000000Z-orphan000000.json beside it (not a finished backup)")
 
 
+@pytest.mark.parametrize("name,says", [("  ", "--name needs a non-empty value"),
+                                       ("two\nlines", "--name must not contain control characters"),
+                                       ("tab\there", "--name must not contain control characters")])
+def test_a_restored_name_is_one_line_of_text(deployment, backup, name, says):
+    proc = tinabs(deployment.env, "restore", backup["path"], "--pool", POOL, "--name", name)
+    clear_error(proc, 2, says)
+
+
 # -- the broker --------------------------------------------------------------------------------------
 def _closed_port() -> int:
     with socket.socket() as s:

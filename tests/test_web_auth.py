@@ -175,3 +175,21 @@ def test_pages_load_nothing_from_elsewhere(dep):
         links = re.findall(r'(?:src|href|action)="([^"]*)"', body)
         assert links and all(link.startswith(("/", "#", "?")) for link in links), (path, links)
     assert "default-src 'self'" in client.get("/pools").headers["content-security-policy"]
+
+
+def test_verify_and_restore_refuse_bad_input_and_send_nothing(dep):
+    code, job = dep.backup("--vm", "db-01", "--pool", "pool-a", "--mode", "sr-copy")
+    assert code == 0, job
+    (run,) = job["runs"]
+    client = _logged_in(dep)
+    token = re.search(r'name="csrf" value="([^"]+)"', client.get("/catalog").body).group(1)
+    good = {"csrf": token, "path": run["manifest"], "pool": "pool-a", "macs": "auto", "name": "", "sr": ""}
+    for change, says in (({"pool": "nope"}, "unknown pool `nope`"),
+                         ({"pool": "pool-b"}, "restores only into its own pool"),
+                         ({"name": "evil\nname"}, "must not contain control characters"),
+                         ({"path": "/etc/passwd"}, "outside the destination")):
+        reply = client.post("/catalog/restore", {**good, **change})
+        assert reply.status == 400 and says in reply.body, (change, reply.status, reply.body[-600:])
+    reply = client.post("/catalog/verify", {"csrf": token, "path": "/etc/passwd"})
+    assert reply.status == 400 and "outside the destination" in reply.body
+    assert not dep.redis.keys("tinabs:web:action:*")  # nothing was sent to a worker

@@ -516,6 +516,16 @@ def _quiet(fn, ref) -> bool:
         raise
 
 
+def name_problem(name: str) -> str | None:
+    """Why a name given for a restored VM cannot be used (None if it can): a name is one line of
+    text, so no control character at all (tab and newline included), and not blank."""
+    if not name.strip():
+        return "needs a non-empty value"
+    if any(c < " " or "\x7f" <= c <= "\x9f" for c in name) or plain(name) != name:
+        return "must not contain control characters"
+    return None
+
+
 def plain(text) -> str:
     """``text`` with what XML 1.0 cannot carry (NUL and other C0 controls but tab and newlines,
     surrogates, U+FFFE/U+FFFF) replaced by U+FFFD: a name read from a manifest may hold anything,

@@ -41,10 +41,9 @@ def run(args) -> int:
     cfg = load_config(args)
     if args.pool not in cfg.pools:
         raise UserError(f"unknown pool `{args.pool}`; configured pools: {', '.join(sorted(cfg.pools))}")
-    if args.name is not None and not args.name.strip():
-        raise UserError("--name needs a non-empty value")
-    if args.name is not None and restore.plain(args.name) != args.name:
-        raise UserError("--name must not contain control characters")
+    problem = restore.name_problem(args.name) if args.name is not None else None
+    if problem:
+        raise UserError(f"--name {problem}")
     try:
         backup = restore.load_backup(cfg.destination, args.backup)
         restore.check_pool(backup, args.pool)

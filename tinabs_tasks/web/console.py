@@ -231,9 +231,9 @@ class Console:
         from ..tasks_restore import send_restore
         if pool not in self.cfg.pools:
             raise ConsoleError(f"unknown pool `{pool}`; configured pools: {', '.join(sorted(self.cfg.pools))}")
-        name = options.get("name")
-        if name is not None and (not name.strip() or restore.plain(name) != name):
-            raise ConsoleError("the new name must be non-empty text without control characters")
+        problem = restore.name_problem(options["name"]) if options.get("name") is not None else None
+        if problem:
+            raise ConsoleError(f"the new name {problem}")
         backup = self.backup(path)
         try:
             restore.check_pool(backup, pool)
