@@ -138,6 +138,8 @@ class Setup:
             self.dep.sim.add_fault(FAULT)
         code, job = self.dep.backup("--all", timeout=90)
         assert code == (1 if failing else 0), job
+        # `backup --wait --json` shows the report as `status --json` does: decoded (or not there yet)
+        assert job["report"] is None or isinstance(job["report"], dict), job["report"]
         return job
 
     def report(self, job_id: str) -> dict:

@@ -14,6 +14,7 @@ import redis
 
 from ..config import MODES
 from ..jobstart import check_pools, start_job
+from ..reports import stored as stored_report
 from ..stages.plan import describe
 from ..vm_lock import SKIPPED
 from .common import UserError, job_store, load_config
@@ -50,6 +51,7 @@ def run(args) -> int:
         print(f"job {job_id}: backing up {', '.join(f'{k}={v}' for k, v in selector.items())} "
               f"on {', '.join(pools)} ({mode})", flush=True)
     job = follow(store, job_id, quiet=args.json, timeout=args.timeout)
+    job["report"] = stored_report(job)  # as `tinabs status --json` shows it: decoded, or None
     if args.json:
         print(json.dumps(job, indent=2, default=str))
     else:
