@@ -87,6 +87,18 @@ def test_good_config_passes(deployment, make_config):
     assert proc.stdout.strip().endswith("all checks passed")
 
 
+def test_check_config_says_whether_the_web_console_has_its_password(deployment, make_config):
+    path = make_config()
+    without = {k: v for k, v in deployment.env.items() if k != "TINABS_WEB_PASSWORD"}
+    line = _one_clear_line(_check(deployment, path, "--offline", env=without), "web console:")
+    assert "no password" in line and "will not start until env TINABS_WEB_PASSWORD is set" in line, line
+    secret = "a-web-console-secret"
+    proc = _check(deployment, path, "--offline", env={**without, "TINABS_WEB_PASSWORD": secret})
+    line = _one_clear_line(proc, "web console:")
+    assert "listens on 127.0.0.1:8080, user admin, password from env TINABS_WEB_PASSWORD" in line, line
+    assert secret not in proc.stdout + proc.stderr
+
+
 # -- errors found while loading the file -------------------------------------------------------------
 
 def test_unknown_top_level_key(deployment, make_config):

@@ -24,6 +24,7 @@ def run(args) -> int:
         problems += 1
     else:
         print(f"  destination {cfg.destination}: writable")
+    print(f"  web console: {web_console(cfg.web)}")
     if args.offline:
         return 1 if problems else 0
     try:
@@ -36,6 +37,17 @@ def run(args) -> int:
         problems += check_pool(pool)
     print("all checks passed" if not problems else f"{problems} problem(s) found")
     return 1 if problems else 0
+
+
+def web_console(web) -> str:
+    """Whether `tinabs web` would find its password (said, never shown), and where it listens."""
+    from ..secret_files import SecretError
+    where = f"{web.password.kind} {web.password.name}"
+    try:
+        web.password.read()
+    except SecretError as exc:
+        return f"no password ({exc}); `tinabs web` will not start until {where} is set"
+    return f"listens on {web.listen}, user {web.username}, password from {where}"
 
 
 def check_pool(pool) -> int:
