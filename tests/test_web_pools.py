@@ -12,7 +12,7 @@ from helpers.web_client import WebClient
 from helpers.web_proc import PASSWORD, WebProc
 
 SIM_ARGS = ("--pools", "3", "--vms-per-pool", "2", "--disk-mib", "2")
-ANSWER_WAIT_S = 4
+ANSWER_WAIT_S = 8  # long enough for a busy worker to answer the pools that can
 WEB = f"""
 [web]
 answer_wait_s = {ANSWER_WAIT_S}
@@ -55,7 +55,7 @@ def test_an_offline_pool_and_a_pool_without_worker_say_why_and_the_others_show(d
     assert "reachable" in a and "unreachable" not in a and a.count('class="vm"') == 2
     assert "unreachable" in b and "cannot reach the pool" in b, b
     assert "unreachable" in c and f"no worker answered within {ANSWER_WAIT_S}s" in c and "tinabs.pool.pool-c" in c, c
-    assert took < ANSWER_WAIT_S + 10, took  # waited for the silent pool, not longer
+    assert took < ANSWER_WAIT_S + 15, took  # waited for the silent pool, not much longer
     # and the question nobody answered expires: a worker that comes later drops it unanswered
     late = dep.start_worker("wp2", queues=["tinabs.pool.pool-c"])
     deadline = time.monotonic() + 30
