@@ -65,3 +65,40 @@ def test_an_offline_pool_and_a_pool_without_worker_say_why_and_the_others_show(d
     log = late.log_path.read_text()
     assert re.search(r"Discarding revoked task: tinabs\.inventory", log), log
     assert not re.search(r"Task tinabs\.inventory\[[^\]]+\] succeeded", log), log
+
+
+def test_with_the_broker_away_pages_say_so_and_come_back_with_it(tmp_path):
+    # Given a console whose Redis is its own (so the test can stop it)
+    from helpers.redis_proc import RedisProc
+    server = RedisProc(tmp_path / "redis")
+    server.start()
+    d = Deployment(tmp_path / "dep", server, ("--pools", "1", "--vms-per-pool", "2", "--disk-mib", "2"),
+                   tuning=TEST_TUNING + WEB)
+    web = None
+    try:
+        d.start_worker("wr1")
+        web = WebProc(d.env, d.root).start()
+        client = WebClient(web.base)
+        assert client.login("admin", PASSWORD).status == 303
+        assert client.get("/pools").status == 200
+        # When Redis stops
+        server.stop()
+        # Then pages answer 503 with the reason, soon, with no traceback in the page
+        for path in ("/pools?refresh=1", "/jobs", "/jobs/0123456789ab"):
+            began = time.monotonic()
+            reply = client.get(path)
+            assert reply.status == 503 and "cannot reach the broker (Redis)" in reply.body, (path, reply.status)
+            assert "Traceback" not in reply.body and time.monotonic() - began < 30, path
+        assert client.get("/jobs/0123456789ab/state", headers={"Accept": "application/json"}).status == 503
+        # And once Redis is back, so is the console, with the same session
+        server.start()
+        deadline = time.monotonic() + 30
+        while client.get("/jobs").status != 200:
+            assert time.monotonic() < deadline, "the console did not come back with Redis"
+            time.sleep(0.5)
+        assert client.get("/pools?refresh=1").status == 200
+    finally:
+        if web:
+            web.stop()
+        d.stop()
+        server.stop()

@@ -22,6 +22,9 @@ from ..stages.plan import describe
 #: a pool's inventory is asked again after this (or on "refresh")
 INVENTORY_FRESH_S = 15.0
 POLL_S = 0.05
+#: a question for a page is worth a few seconds of a broker's restart, not the two minutes a
+#: backup's own messages wait (app.PUBLISH_RETRY): the page says the broker is away instead
+ASK_RETRY = {"max_retries": 3, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
 
 
 class ConsoleError(Exception):
@@ -77,7 +80,8 @@ class Console:
         stale = [p for p in sorted(self.cfg.pools)
                  if refresh or p not in self._inventory or now - self._inventory[p][0] > INVENTORY_FRESH_S]
         if stale:
-            sent = {p: inventory.apply_async((p,), queue=self.cfg.pool(p).queue, expires=self._wait) for p in stale}
+            sent = {p: inventory.apply_async((p,), queue=self.cfg.pool(p).queue, expires=self._wait,
+                                             retry_policy=ASK_RETRY) for p in stale}
             for p, answer in wait_answers(sent, self._wait).items():
                 self._inventory[p] = (time.monotonic(), answer)
         last = self.last_backups()
@@ -133,8 +137,8 @@ class Console:
     def preview(self, selector: dict, mode: str, pools: list[str]) -> dict:
         """What the job would back up now, per pool (plan.select on a worker), with estimates."""
         from ..tasks_console import preview
-        sent = {p: preview.apply_async((p, selector, mode), queue=self.cfg.pool(p).queue, expires=self._wait)
-                for p in pools}
+        sent = {p: preview.apply_async((p, selector, mode), queue=self.cfg.pool(p).queue, expires=self._wait,
+                                       retry_policy=ASK_RETRY) for p in pools}
         per_pool = []
         for p, answer in sorted(wait_answers(sent, self._wait).items()):
             data = answer.value if answer.ok else {"pool": p, "reachable": False, "error": answer.error,

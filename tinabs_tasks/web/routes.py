@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import jinja2
+import kombu.exceptions
+import redis
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
@@ -280,6 +282,16 @@ ROUTES = [
 ]
 
 
+async def broker_unreachable(request, exc):
+    """Redis down or refusing (a restart, a network cut): say so, per request, and keep serving;
+    the console works again as soon as Redis is back."""
+    message = ("The console cannot reach the broker (Redis) right now: "
+               f"{type(exc).__name__}. Jobs already started go on; try again in a moment.")
+    if "application/json" in request.headers.get("accept", ""):
+        return JSONResponse({"error": message}, status_code=503)
+    return page(request, "error.html", status=503, message=message)
+
+
 def build_app(cfg, password: str) -> Starlette:
     """The console for this config; ``password`` is the console's, read once at start."""
     web = cfg.web
@@ -289,7 +301,8 @@ def build_app(cfg, password: str) -> Starlette:
         middleware=[Middleware(SessionMiddleware, secret_key=auth.session_key(password), session_cookie=auth.COOKIE,
                                max_age=int(web.session_hours * 3600), same_site="strict",
                                https_only=web.secure_cookies),
-                    Middleware(auth.RequireLogin)])
+                    Middleware(auth.RequireLogin)],
+        exception_handlers={redis.RedisError: broker_unreachable, kombu.exceptions.OperationalError: broker_unreachable})
     app.state.console = Console(cfg)
     app.state.web = {"username": web.username, "password": password}
     return app
