@@ -14,11 +14,11 @@ import re
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 from helpers import toml_write
 from helpers.deployment import Deployment
+from helpers.waiting import wait_for
 
 DEPLOYMENT_SIM_ARGS = ("--pools", "1", "--vms-per-pool", "3", "--disk-mib", "64", "--host-bandwidth-mbps", "8")
 MiB = 1 << 20
@@ -52,16 +52,6 @@ def _fill_system_disk(dep, vm: dict) -> int:
     return size
 
 
-def _wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def _exporting(dep, job_id: str):
     (run,) = dep.status(job_id)["runs"] or [None]
     if run and run["state"] == "running" and run.get("stage") == "export" and int(run.get("bytes") or 0) > 0:
@@ -78,7 +68,7 @@ def test_progress_is_visible_while_exporting(deployment):
     started = dep.cli("backup", "--vm", vm["name_label"], "--pool", "pool-a", "--json", check=True)
     job_id = json.loads(started.stdout)["job"]
     # When its export is under way
-    first = _wait_for(lambda: _exporting(dep, job_id), 60, "the export stage with bytes")
+    first = wait_for(lambda: _exporting(dep, job_id), 60, "the export stage with bytes")
     # Then Celery's monitoring lists the running `tinabs.export` task for this VM, without the password
     # (checked first: it is the slowest look, and the export lasts only seconds)
     inspect = subprocess.run([sys.executable, "-m", "celery", "-A", "tinabs_tasks", "inspect", "active", "--json",
@@ -91,7 +81,7 @@ def test_progress_is_visible_while_exporting(deployment):
     assert "pool-a" in args and vm["uuid"] in args
     assert _password(dep) not in inspect.stdout
     # And `tinabs status --json` shows it in stage export, with bytes growing and a rate
-    later = _wait_for(lambda: (r := _exporting(dep, job_id)) and int(r["bytes"]) > int(first["bytes"]) and r,
+    later = wait_for(lambda: (r := _exporting(dep, job_id)) and int(r["bytes"]) > int(first["bytes"]) and r,
                       20, "more bytes")
     assert later["vm_uuid"] == vm["uuid"] and later["pool"] == "pool-a"
     assert int(later["rate"]) > 0

@@ -29,24 +29,12 @@ from pathlib import Path
 import pytest
 
 from helpers.backup_checks import assert_clean, assert_one_backup, run_id
-from helpers.deployment import Deployment
+from helpers.deployment import FAULT_TUNING, VISIBILITY_S, Deployment
 from helpers.procs import finish
 
 POOL = "pool-a"
 VM = "db-01"  # a data disk, a CD drive and VIFs: every stage has work
 SIM_ARGS = ("--pools", "2", "--vms-per-pool", "4", "--disk-mib", "8")
-VISIBILITY_S = 6
-TUNING = f"""
-[retry]
-max_retries = 3
-backoff_base_s = 0.2
-backoff_max_s = 1.0
-unreachable_wait_s = 30
-
-[limits]
-lease_s = 3
-visibility_timeout_s = {VISIBILITY_S}
-"""
 STAGES = {
     "export": ("snapshot", "skeleton", "disks", "vifs", "export", "cleanup"),
     "sr-copy": ("snapshot", "skeleton", "disks", "vifs", "copy", "metadata", "cleanup"),
@@ -68,7 +56,7 @@ EVERY_STAGE = [pytest.param(stage, mode, id=f"{stage}-{mode}") for mode in STAGE
 @pytest.fixture(scope="module")
 def deployment(redis_server, tmp_path_factory):
     """Simulator + private Redis DB + 2 workers, with a short visibility timeout and lease."""
-    dep = Deployment(tmp_path_factory.mktemp("matrix"), redis_server, SIM_ARGS, db=15, tuning=TUNING)
+    dep = Deployment(tmp_path_factory.mktemp("matrix"), redis_server, SIM_ARGS, db=15, tuning=FAULT_TUNING)
     dep.redis.flushdb()
     try:
         for name in ("m1", "m2"):

@@ -24,18 +24,16 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 from helpers import toml_write
+from helpers.browser import headless_chromium, screenshot
 from helpers.monitors import FlowerProc
+from helpers.waiting import wait_for
 
 DEPLOYMENT_SIM_ARGS = ("--pools", "1", "--vms-per-pool", "2", "--disk-mib", "32", "--host-bandwidth-mbps", "8")
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"  # Debian's; `make browser` installs them
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 USER, PASSWORD = "ops", "flower-browser-Pw-8k2m"
 MiB = 1 << 20
 STAGES = ("snapshot", "skeleton", "disks", "vifs", "export", "cleanup")
@@ -51,7 +49,7 @@ SNAPSHOT_GONE = ["HANDLE_INVALID", "VDI", "OpaqueRef:x"]
 def flower(deployment):
     flower = FlowerProc(deployment.env, deployment.root, USER, PASSWORD).start()
     try:
-        _wait_for(lambda: _hears_every_worker(flower, deployment), 30, "Flower to hear every worker's heartbeat")
+        wait_for(lambda: _hears_every_worker(flower, deployment), 30, "Flower to hear every worker's heartbeat")
         yield flower
     finally:
         flower.stop()
@@ -66,27 +64,11 @@ def _hears_every_worker(flower, dep) -> bool:
 
 @pytest.fixture(scope="module")
 def browser():
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-dev-shm-usage", "--window-size=1600,1300"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))  # no download: Debian's driver
-    driver.set_page_load_timeout(30)
+    driver = headless_chromium("1600x1300", page_load_timeout_s=30)
     try:
         yield driver
     finally:
         driver.quit()
-
-
-def _wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def _api(flower, path: str, **query) -> dict:
@@ -158,7 +140,7 @@ def watched_job(deployment, flower):
         seen = watcher.stop()
     assert status == 0 and len(job["runs"]) == 2, job
     # Flower hears a task's end just after the run's state says so: wait for every task of the job
-    _wait_for(lambda: _job_tasks_done(flower, job["id"]), 20, "Flower to see every task of the job end")
+    wait_for(lambda: _job_tasks_done(flower, job["id"]), 20, "Flower to see every task of the job end")
     return {"job": job, "big": big, "progress": seen}
 
 
@@ -188,7 +170,6 @@ def test_export_progress_shows_in_flower(watched_job):
 
 def test_tasks_page_lists_the_job_as_succeeded(deployment, flower, browser, watched_job):
     dep, job = deployment, watched_job["job"]
-    ARTIFACTS.mkdir(exist_ok=True)
     # Without credentials, the tasks page is refused (headless Chromium shows a blank page for it)
     browser.get(f"{flower.base}/tasks")
     assert _status(browser) == 401 and not browser.find_elements(By.ID, "tasks-table")
@@ -199,8 +180,8 @@ def test_tasks_page_lists_the_job_as_succeeded(deployment, flower, browser, watc
     search = WebDriverWait(browser, 20).until(lambda d: d.find_element(By.CSS_SELECTOR, "#tasks-table_filter input"))
     search.clear()
     search.send_keys(f"args:{job['id']}", Keys.ENTER)
-    rows = _wait_for(lambda: _backup_rows(browser), 20, "the job's tasks in the table")
-    browser.save_screenshot(str(ARTIFACTS / "flower-tasks.png"))
+    rows = wait_for(lambda: _backup_rows(browser), 20, "the job's tasks in the table")
+    screenshot(browser, "flower-tasks")
     # Then every task of the job is listed as succeeded: the plan, and each stage once per VM
     assert {r["state"] for r in rows} == {"SUCCESS"}, rows
     assert all(r["name"].startswith("tinabs.") for r in rows) and len(rows) < 15, rows  # all on one page
@@ -244,7 +225,7 @@ def test_a_failed_task_shows_its_reason(deployment, flower, browser):
     reason = job["runs"][0]["error"]
     assert reason.startswith("snapshot: ") and "HANDLE_INVALID" in reason
     # When the operator asks Flower for the tasks that failed since a given time
-    failed = _wait_for(lambda: _api(flower, "/api/tasks", state="FAILURE", received_start=since), 20,
+    failed = wait_for(lambda: _api(flower, "/api/tasks", state="FAILURE", received_start=since), 20,
                        "a failed task in Flower")
     # Then the snapshot of that VM is listed, and its exception is the run's reason
     (task_id, task), = failed.items()
@@ -257,6 +238,6 @@ def test_a_failed_task_shows_its_reason(deployment, flower, browser):
     browser.get(f"http://{USER}:{PASSWORD}@{host}/task/{task_id}")
     row = browser.find_element(By.XPATH, "//dt[normalize-space()='Exception']/..")
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", row)
-    browser.save_screenshot(str(ARTIFACTS / "flower-failed-task.png"))
+    screenshot(browser, "flower-failed-task")
     assert "FAILURE" in browser.find_element(By.TAG_NAME, "body").text
     assert reason in row.text, row.text

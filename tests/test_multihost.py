@@ -31,6 +31,7 @@ from helpers.deployment import TEST_TUNING
 from helpers.netns import Lab, LabError
 from helpers.redis_proc import RedisProc
 from helpers.sim_proc import SimProc
+from helpers.waiting import wait_for
 from helpers.workers import WorkerProc
 from tinabs_tasks.jobs import JobStore
 
@@ -129,16 +130,6 @@ def reachable(site, host: str, url: str) -> tuple[bool, str]:
     done = site["hosts"][host].run(sys.executable, "-c", "import socket, sys; "
                                    f"socket.create_connection(({address!r}, {port}), timeout=3)")
     return done.returncode == 0, done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
-
-
-def wait_for(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"not {what} after {timeout}s")
 
 
 def test_each_pools_chains_run_only_on_the_worker_of_the_host_that_reaches_it(site, pinned):

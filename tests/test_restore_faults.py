@@ -15,32 +15,20 @@ import time
 
 import pytest
 
-from helpers.deployment import Deployment
+from helpers.deployment import FAULT_TUNING, VISIBILITY_S, Deployment
 from helpers.procs import finish
 from helpers.pool_checks import litter
 
 POOL = "pool-a"
 VM = "db-01"
 SIM_ARGS = ("--pools", "1", "--vms-per-pool", "4", "--disk-mib", "8")
-VISIBILITY_S = 6
-TUNING = f"""
-[retry]
-max_retries = 3
-backoff_base_s = 0.2
-backoff_max_s = 1.0
-unreachable_wait_s = 30
-
-[limits]
-lease_s = 3
-visibility_timeout_s = {VISIBILITY_S}
-"""
 HANDLER = {"export": "/import", "sr-copy": "/import_metadata"}
 MODES = ("export", "sr-copy")
 
 
 @pytest.fixture(scope="module")
 def deployment(redis_server, tmp_path_factory):
-    dep = Deployment(tmp_path_factory.mktemp("restore-matrix"), redis_server, SIM_ARGS, db=13, tuning=TUNING)
+    dep = Deployment(tmp_path_factory.mktemp("restore-matrix"), redis_server, SIM_ARGS, db=13, tuning=FAULT_TUNING)
     dep.redis.flushdb()
     try:
         dep.start_worker("rm1")

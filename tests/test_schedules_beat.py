@@ -23,6 +23,7 @@ from celery import Celery
 from helpers.beat_proc import BeatProc, Send
 from helpers.deployment import Deployment
 from helpers.pool_checks import RUN
+from helpers.waiting import wait_for
 from tinabs_tasks import keys
 from tinabs_tasks.jobs import JobStore
 from tinabs_tasks.schedule_times import WEEKDAYS
@@ -82,16 +83,6 @@ class Run:
         return dict(zip(ids, self.dep.redis.mget([keys.schedule_tick(i) for i in ids]))) if ids else {}
 
 
-def _wait(what: str, check, timeout: float):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def _all_started(made: dict) -> dict | None:
     return made if None not in made.values() else None
 
@@ -101,7 +92,7 @@ def _one_job_per_tick(run: Run, entry: str) -> None:
     sends = run.sends(entry)
     gaps = [(b.at - a.at).total_seconds() for a, b in zip(sends, sends[1:])]
     assert sends and all(g > TICK_S / 2 for g in gaps), gaps  # sent twice: two sends ~0 s apart
-    made = _wait(f"a job for each tick of {entry}", lambda: _all_started(run.tick_jobs(entry)), 15)
+    made = wait_for(lambda: _all_started(run.tick_jobs(entry)), 15, f"a job for each tick of {entry}")
     assert len(set(made.values())) == len(made)
     assert set(made.values()) == {j["id"] for j in run.jobs(NOMATCH.format(entry))}
 
@@ -137,21 +128,21 @@ def test_schedules_fire_once_per_tick_with_two_beats_and_follow_the_config(run):
 
     # Given two beats at once: the first holds the lock, the second waits
     first = run.start_beat("b1")
-    _wait("the first beat's lock", lambda: first.holds_lock, 15)
+    wait_for(lambda: first.holds_lock, 15, "the first beat's lock")
     second = run.start_beat("b2")
-    _wait("three ticks", lambda: len(run.created("tick")) >= 3, 20)
+    wait_for(lambda: len(run.created("tick")) >= 3, 20, "three ticks")
     assert not second.holds_lock and second.sends() == [], second.log()
 
     # When the holder dies without a word, the standby takes over once the lock expires
     first.kill()
     killed = time.time()
-    _wait("the standby's lock", lambda: second.holds_lock, LOCK_TIMEOUT_S + 10)
-    _wait("ticks from the standby", lambda: len([c for c in run.created("tick") if c > killed]) >= 2, 15)
+    wait_for(lambda: second.holds_lock, LOCK_TIMEOUT_S + 10, "the standby's lock")
+    wait_for(lambda: len([c for c in run.created("tick") if c > killed]) >= 2, 15, "ticks from the standby")
 
     # When the config changes (`gone` removed, `new` added) and workers and beats are restarted
     second.stop()
     for entry in ("tick", "gone"):  # every tick sent so far has reached the worker that knows it
-        _wait(f"the last ticks of {entry}", lambda: _all_started(run.tick_jobs(entry)), 15)
+        wait_for(lambda: _all_started(run.tick_jobs(entry)), 15, f"the last ticks of {entry}")
     dep.workers[0].stop()
     stopped = time.time()
     run.configure(_schedule_toml(zone, at, {"tick": f"{TICK_S}s", "new": f"{TICK_S}s", "once": "1d"}))
@@ -159,24 +150,25 @@ def test_schedules_fire_once_per_tick_with_two_beats_and_follow_the_config(run):
     third, fourth = run.start_beat("b3"), run.start_beat("b4")
     assert not dep.redis.exists(keys.redbeat_entry("backup:gone"))  # gone from Redis as beat started
     assert "backup:gone" not in dep.redis.smembers(keys.redbeat_statics())
-    _wait("ticks of the new entry", lambda: len(run.created("new")) >= 3, 20)
+    wait_for(lambda: len(run.created("new")) >= 3, 20, "ticks of the new entry")
 
     # And a tick delivered twice (as Redis redelivers a task whose worker died) starts one job
     client = Celery(broker=dep.redis_url)
     tick_id = str(uuid.uuid4())
     for _ in range(2):
         client.send_task("tinabs.scheduled_backup", args=["backup:once"], task_id=tick_id, queue="tinabs")
-        _wait("the tick's task", lambda: len(run.jobs(NOMATCH.format("once"))) >= 1, 20)
+        wait_for(lambda: len(run.jobs(NOMATCH.format("once"))) >= 1, 20, "the tick's task")
     worker_log = dep.workers[-1].log_path
-    _wait("both copies done", lambda: worker_log.read_text().count(f"scheduled_backup[{tick_id}] succeeded") == 2, 20)
+    wait_for(lambda: worker_log.read_text().count(f"scheduled_backup[{tick_id}] succeeded") == 2, 20,
+             "both copies done")
     # And an entry this worker's config no longer has starts nothing
     client.send_task("tinabs.scheduled_backup", args=["backup:gone"], queue="tinabs")
     refusal = "schedule `backup:gone` is not on in this worker's config"
-    _wait("the refusal", lambda: refusal in worker_log.read_text(), 20)
+    wait_for(lambda: refusal in worker_log.read_text(), 20, "the refusal")
 
     # Then the daily backup fires once, at its time in the zone, for that zone's weekday
     until_fire = (fire - dt.datetime.now(dt.timezone.utc)).total_seconds()
-    daily = _wait("the daily job", lambda: run.jobs(tag), until_fire + 30)
+    daily = wait_for(lambda: run.jobs(tag), until_fire + 30, "the daily job")
     job = dep.wait_job(daily[0]["id"], timeout=120)
     expected = _backupable_with(dep.sim.state(), tag)
     assert expected and {(r["pool"], r["vm_uuid"]) for r in job["runs"]} == expected, (tag, job["runs"])

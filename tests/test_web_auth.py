@@ -16,7 +16,7 @@ import pytest
 
 from helpers.deployment import Deployment
 from helpers.web_client import WebClient
-from helpers.web_proc import PASSWORD, WebProc
+from helpers.web_proc import PASSWORD, running_console
 from tinabs_tasks.web.routes import ROUTES
 
 SIM_ARGS = ("--pools", "2", "--vms-per-pool", "3", "--disk-mib", "2")
@@ -28,16 +28,8 @@ PUBLIC = {("/login", "GET"), ("/login", "POST"), ("/healthz", "GET")}
 def dep(redis_server, tmp_path_factory):
     d = Deployment(tmp_path_factory.mktemp("webauth"), redis_server, SIM_ARGS, db=12)
     d.redis.flushdb()
-    web = None
-    try:
-        d.start_worker("wa1")
-        web = WebProc(d.env, d.root).start()
-        d.web = web
+    with running_console(d, name="wa1") as d:
         yield d
-    finally:
-        if web:
-            web.stop()
-        d.stop()
 
 
 def _concrete(path: str) -> str:

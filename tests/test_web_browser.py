@@ -11,22 +11,20 @@ the pool.  Screenshots of each step are kept in artifacts/web-*.png.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import time
-from pathlib import Path
 
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.alert import Alert
 from selenium.webdriver.common.by import By
 
 from helpers.backup_checks import assert_clean
+from helpers.browser import headless_chromium, screenshot
 from helpers.deployment import TEST_TUNING, Deployment
 from helpers.pool_checks import backupable_vms
-from helpers.web_proc import PASSWORD, WebProc
+from helpers.waiting import wait_for
+from helpers.web_proc import PASSWORD, running_console
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"  # Debian's; `make browser` installs them
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 SIM_ARGS = ("--pools", "2", "--vms-per-pool", "5", "--disk-mib", "4")
 FLOWER = "http://flower.example:5555"  # where the console links to (nothing needs to answer there)
 WEB = f"""
@@ -40,61 +38,30 @@ STALL_S = 120  # an export stalled this long ends in time only if the abort canc
 def dep(redis_server, tmp_path_factory):
     d = Deployment(tmp_path_factory.mktemp("webui"), redis_server, SIM_ARGS, db=11, tuning=TEST_TUNING + WEB)
     d.redis.flushdb()
-    web = None
-    try:
-        d.start_worker("wb1", concurrency=2)
-        web = WebProc(d.env, d.root).start()
-        d.web = web
+    with running_console(d, name="wb1", concurrency=2) as d:
         yield d
-    finally:
-        if web:
-            web.stop()
-        d.stop()
 
 
 @pytest.fixture(scope="module")
 def browser():
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-dev-shm-usage", "--window-size=1400,1100"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-    driver.set_page_load_timeout(60)
+    driver = headless_chromium("1400x1100", page_load_timeout_s=60)
     try:
         yield driver
     finally:
         driver.quit()
 
 
-def _until(predicate, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; the page says:\n{_page(_DRIVER[0])}")
-
-
-_DRIVER: list = []  # the session's browser, for the page text in a failure
-
-
 def _click_to(driver, element, path: str) -> None:
     """Click, then wait until the browser shows the page at ``path`` (and it has loaded)."""
     before = driver.current_url
     element.click()
-    _until(lambda: driver.current_url != before and path in driver.current_url
-           and driver.execute_script("return document.readyState") == "complete", 60, f"the page {path}")
+    wait_for(lambda: driver.current_url != before and path in driver.current_url
+             and driver.execute_script("return document.readyState") == "complete", 60, f"the page {path}",
+             explain=functools.partial(_page, driver))
 
 
 def _page(driver) -> str:
     return driver.find_element(By.TAG_NAME, "body").text
-
-
-def _shot(driver, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    driver.save_screenshot(str(ARTIFACTS / f"web-{name}.png"))
 
 
 def _text(driver, css: str) -> str:
@@ -119,7 +86,7 @@ def _job_state(driver) -> str:
 def test_a_sysadmin_session_in_the_browser(dep, browser):
     base = dep.web.base
     d = browser
-    _DRIVER[:] = [d]
+    shown = functools.partial(_page, d)  # what the page says, when a wait fails
 
     # -- log in: any page leads to the login form first ------------------------------------------
     d.get(base + "/pools")
@@ -139,7 +106,7 @@ def test_a_sysadmin_session_in_the_browser(dep, browser):
         expected = sorted(vm["name_label"] for vm in backupable_vms(state, pool))
         assert sorted(r.get_attribute("data-vm") for r in rows) == expected
         assert all("never" in r.find_element(By.CSS_SELECTOR, "td.last").text for r in rows)
-    _shot(d, "pools")
+    screenshot(d, "web-pools")
     today = _today()
     wanted = _tagged(dep, today)
     assert wanted, f"the simulator has no VM tagged {today}"
@@ -148,7 +115,7 @@ def test_a_sysadmin_session_in_the_browser(dep, browser):
     box.clear()
     box.send_keys(today)
     box.submit()
-    _until(lambda: "q=" in d.current_url, 30, "the filtered page")
+    wait_for(lambda: "q=" in d.current_url, 30, "the filtered page", explain=shown)
     shown = d.find_elements(By.CSS_SELECTOR, "tr.vm")
     assert len(shown) == len(wanted), [r.text for r in shown]
     assert all(today in r.text for r in shown)
@@ -158,25 +125,26 @@ def test_a_sysadmin_session_in_the_browser(dep, browser):
     _click_to(d, d.find_element(By.ID, "backup-today"), "/backup/new")
     assert d.find_element(By.CSS_SELECTOR, "input[name=kind][value=today]").is_selected()
     _click_to(d, d.find_element(By.ID, "preview"), "/backup/preview")
-    planned = _until(lambda: d.find_elements(By.CSS_SELECTOR, "tr.planned"), 60, "the plan")
+    planned = wait_for(lambda: d.find_elements(By.CSS_SELECTOR, "tr.planned"), 60, "the plan", explain=shown)
     assert len(planned) == len(wanted)
     summary = _text(d, "#plan-summary")
     assert f"{len(wanted)} VM(s)" in summary and "MB to the destination" in summary, summary
-    _shot(d, "plan")
+    screenshot(d, "web-plan")
     _click_to(d, d.find_element(By.ID, "start"), "/jobs/")
     job_id = d.current_url.rstrip("/").rsplit("/", 1)[1]
     first = _job_state(d)
-    _until(lambda: _job_state(d) in ("running", "succeeded") and d.find_elements(By.CSS_SELECTOR, "tr.run"),
-           60, "runs on the job page")
-    _until(lambda: "export" in _text(d, "#runs") or _job_state(d) == "succeeded", 60, "an export under way")
-    _shot(d, "job-running")
-    _until(lambda: _job_state(d) == "succeeded", 120, "the job to succeed")
+    wait_for(lambda: _job_state(d) in ("running", "succeeded") and d.find_elements(By.CSS_SELECTOR, "tr.run"),
+             60, "runs on the job page", explain=shown)
+    wait_for(lambda: "export" in _text(d, "#runs") or _job_state(d) == "succeeded", 60, "an export under way",
+             explain=shown)
+    screenshot(d, "web-job-running")
+    wait_for(lambda: _job_state(d) == "succeeded", 120, "the job to succeed", explain=shown)
     assert first != "succeeded"  # the page changed by itself: the live view, no reload
     assert _text(d, "#total-text") == "100.0%"
     assert d.find_element(By.ID, "total-bar").get_attribute("value") == "100"
     runs = d.find_elements(By.CSS_SELECTOR, "tr.run")
     assert len(runs) == len(wanted) and all("succeeded" in r.text for r in runs)
-    _shot(d, "job-done")
+    screenshot(d, "web-job-done")
     job = dep.status(job_id)
     assert job["succeeded"] and {(r["pool"], r["vm_uuid"]) for r in job["runs"]} == wanted
     # each run links to its (last) Celery task in Flower, the job to Flower's task list
@@ -189,8 +157,8 @@ def test_a_sysadmin_session_in_the_browser(dep, browser):
     backups = d.find_elements(By.CSS_SELECTOR, "tr.backup")
     assert len(backups) == len(wanted)
     _click_to(d, backups[0].find_element(By.CSS_SELECTOR, "button.verify"), "/actions/")
-    _until(lambda: "OK:" in _text(d, "#action-result"), 60, "the verify verdict")
-    _shot(d, "verify")
+    wait_for(lambda: "OK:" in _text(d, "#action-result"), 60, "the verify verdict", explain=shown)
+    screenshot(d, "web-verify")
     d.get(base + "/pools")
     # the pools page shows their last backup now
     assert len([c for c in d.find_elements(By.CSS_SELECTOR, "td.last") if "never" not in c.text]) == len(wanted)
@@ -205,19 +173,20 @@ def test_a_sysadmin_session_in_the_browser(dep, browser):
     _click_to(d, d.find_element(By.ID, "backup-selected"), "/backup/new")
     assert d.find_element(By.CSS_SELECTOR, "input[name=kind][value=vms]").is_selected()
     _click_to(d, d.find_element(By.ID, "preview"), "/backup/preview")
-    _until(lambda: len(d.find_elements(By.CSS_SELECTOR, "tr.planned")) == 2, 60, "the plan of the two VMs")
+    wait_for(lambda: len(d.find_elements(By.CSS_SELECTOR, "tr.planned")) == 2, 60, "the plan of the two VMs",
+             explain=shown)
     _click_to(d, d.find_element(By.ID, "start"), "/jobs/")
     slow_job = d.current_url.rstrip("/").rsplit("/", 1)[1]
     dep.sim.wait_fired(timeout=90)  # an export stalled
     d.find_element(By.ID, "abort").click()
     Alert(d).accept()
     began = time.monotonic()
-    _until(lambda: _job_state(d) == "aborted", 90, "the job to end aborted")
+    wait_for(lambda: _job_state(d) == "aborted", 90, "the job to end aborted", explain=shown)
     assert time.monotonic() - began < STALL_S / 2  # the stalled export was cancelled, not waited out
     runs = d.find_elements(By.CSS_SELECTOR, "tr.run")
     assert len(runs) == 2 and all("aborted by admin (web)" in r.text for r in runs), [r.text for r in runs]
     assert not d.find_elements(By.ID, "abort")
-    _shot(d, "job-aborted")
+    screenshot(d, "web-job-aborted")
     dep.sim.clear_faults()
     new = set(dep.files()) - before
     assert not new, sorted(new)
@@ -231,8 +200,8 @@ def test_a_sysadmin_session_in_the_browser(dep, browser):
     assert d.find_element(By.CSS_SELECTOR, "input[name=macs][value=auto]").is_selected()
     assert not d.find_element(By.NAME, "start").is_selected()
     _click_to(d, d.find_element(By.ID, "restore"), "/actions/")
-    _until(lambda: "Restored as" in _text(d, "#action-result"), 120, "the restore")
-    _shot(d, "restored")
+    wait_for(lambda: "Restored as" in _text(d, "#action-result"), 120, "the restore", explain=shown)
+    screenshot(d, "web-restored")
     name = d.find_element(By.CSS_SELECTOR, "#action-result b").text
     state = dep.sim.state()
     restored = [vm for pool in state["pools"] for vm in backupable_vms(state, pool)

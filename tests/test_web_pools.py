@@ -8,8 +8,9 @@ import time
 import pytest
 
 from helpers.deployment import TEST_TUNING, Deployment
+from helpers.waiting import wait_for
 from helpers.web_client import WebClient
-from helpers.web_proc import PASSWORD, WebProc
+from helpers.web_proc import PASSWORD, running_console
 
 SIM_ARGS = ("--pools", "3", "--vms-per-pool", "2", "--disk-mib", "2")
 ANSWER_WAIT_S = 8  # long enough for a busy worker to answer the pools that can
@@ -23,17 +24,9 @@ answer_wait_s = {ANSWER_WAIT_S}
 def dep(redis_server, tmp_path_factory):
     d = Deployment(tmp_path_factory.mktemp("webpools"), redis_server, SIM_ARGS, db=10, tuning=TEST_TUNING + WEB)
     d.redis.flushdb()
-    web = None
-    try:
-        # no worker serves pool-c: nobody can tell what it holds
-        d.start_worker("wp1", queues=["tinabs", "tinabs.pool.pool-a", "tinabs.pool.pool-b"])
-        web = WebProc(d.env, d.root).start()
-        d.web = web
+    # no worker serves pool-c: nobody can tell what it holds
+    with running_console(d, name="wp1", queues=["tinabs", "tinabs.pool.pool-a", "tinabs.pool.pool-b"]) as d:
         yield d
-    finally:
-        if web:
-            web.stop()
-        d.stop()
 
 
 def _section(body: str, pool: str) -> str:
@@ -58,10 +51,8 @@ def test_an_offline_pool_and_a_pool_without_worker_say_why_and_the_others_show(d
     assert took < ANSWER_WAIT_S + 15, took  # waited for the silent pool, not much longer
     # and the question nobody answered expires: a worker that comes later drops it unanswered
     late = dep.start_worker("wp2", queues=["tinabs.pool.pool-c"])
-    deadline = time.monotonic() + 30
-    while "tinabs.inventory" not in late.log_path.read_text():
-        assert time.monotonic() < deadline, late.log_tail()
-        time.sleep(0.2)
+    wait_for(lambda: "tinabs.inventory" in late.log_path.read_text(), 30, "the late worker to see the question",
+             explain=late.log_tail)
     log = late.log_path.read_text()
     assert re.search(r"Discarding revoked task: tinabs\.inventory", log), log
     assert not re.search(r"Task tinabs\.inventory\[[^\]]+\] succeeded", log), log
@@ -74,31 +65,23 @@ def test_with_the_broker_away_pages_say_so_and_come_back_with_it(tmp_path):
     server.start()
     d = Deployment(tmp_path / "dep", server, ("--pools", "1", "--vms-per-pool", "2", "--disk-mib", "2"),
                    tuning=TEST_TUNING + WEB)
-    web = None
     try:
-        d.start_worker("wr1")
-        web = WebProc(d.env, d.root).start()
-        client = WebClient(web.base)
-        assert client.login("admin", PASSWORD).status == 303
-        assert client.get("/pools").status == 200
-        # When Redis stops
-        server.stop()
-        # Then pages answer 503 with the reason, soon, with no traceback in the page
-        for path in ("/pools?refresh=1", "/jobs", "/jobs/0123456789ab"):
-            began = time.monotonic()
-            reply = client.get(path)
-            assert reply.status == 503 and "cannot reach the broker (Redis)" in reply.body, (path, reply.status)
-            assert "Traceback" not in reply.body and time.monotonic() - began < 30, path
-        assert client.get("/jobs/0123456789ab/state", headers={"Accept": "application/json"}).status == 503
-        # And once Redis is back, so is the console, with the same session
-        server.start()
-        deadline = time.monotonic() + 30
-        while client.get("/jobs").status != 200:
-            assert time.monotonic() < deadline, "the console did not come back with Redis"
-            time.sleep(0.5)
-        assert client.get("/pools?refresh=1").status == 200
+        with running_console(d, name="wr1") as d:
+            client = WebClient(d.web.base)
+            assert client.login("admin", PASSWORD).status == 303
+            assert client.get("/pools").status == 200
+            # When Redis stops
+            server.stop()
+            # Then pages answer 503 with the reason, soon, with no traceback in the page
+            for path in ("/pools?refresh=1", "/jobs", "/jobs/0123456789ab"):
+                began = time.monotonic()
+                reply = client.get(path)
+                assert reply.status == 503 and "cannot reach the broker (Redis)" in reply.body, (path, reply.status)
+                assert "Traceback" not in reply.body and time.monotonic() - began < 30, path
+            assert client.get("/jobs/0123456789ab/state", headers={"Accept": "application/json"}).status == 503
+            # And once Redis is back, so is the console, with the same session
+            server.start()
+            wait_for(lambda: client.get("/jobs").status == 200, 30, "the console to come back with Redis", 0.5)
+            assert client.get("/pools?refresh=1").status == 200
     finally:
-        if web:
-            web.stop()
-        d.stop()
         server.stop()

@@ -25,6 +25,21 @@ backoff_max_s = 1.0
 lease_s = 10
 """
 
+#: for fault tests: a short visibility timeout and lease, so a killed worker's stage is handed
+#: out again within seconds, and a pool that stays away is given up on after 30 s
+VISIBILITY_S = 6
+FAULT_TUNING = f"""
+[retry]
+max_retries = 3
+backoff_base_s = 0.2
+backoff_max_s = 1.0
+unreachable_wait_s = 30
+
+[limits]
+lease_s = 3
+visibility_timeout_s = {VISIBILITY_S}
+"""
+
 
 class Deployment:
     def __init__(self, root: Path, redis_server, sim_args: tuple[str, ...], db: int = 0, tuning: str = TEST_TUNING):

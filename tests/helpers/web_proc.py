@@ -1,6 +1,7 @@
 """`tinabs web` as a real subprocess on a free port, its output kept in a log file."""
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -51,3 +52,18 @@ class WebProc:
                 self.proc.wait()
         if self.proc:
             self._log.close()
+
+
+@contextlib.contextmanager
+def running_console(dep, **worker):
+    """``dep`` (a Deployment) with one worker (``worker``: Deployment.start_worker's arguments) and
+    `tinabs web` as ``dep.web``; on leaving, all of it stopped, the deployment's simulator too."""
+    web = None
+    try:
+        dep.start_worker(**worker)
+        web = dep.web = WebProc(dep.env, dep.root).start()
+        yield dep
+    finally:
+        if web:
+            web.stop()
+        dep.stop()
