@@ -1,6 +1,6 @@
 """Aborting a job: asked for once, in Redis; obeyed by every task of the job, wherever it runs.
 
-`request_abort` marks the job (``aborted`` in its state).  From then on:
+`JobStore.abort` marks the job (``aborted`` in its state).  From then on:
 
 * a ``plan`` not yet run sends no chain (tasks.plan);
 * a chain's next stage, when a worker takes it, does no work and hands the run to
@@ -20,22 +20,16 @@ revoked chain is never compensated, so its run would stay unfinished and its lit
 from __future__ import annotations
 
 import logging
-import threading
 
 import XenAPI
 
+from .limits import Heartbeat
 from .xapi.port import TASK_RUN
 
 log = logging.getLogger("tinabs")
 #: how soon a working stage notices an abort
 WATCH_INTERVAL_S = 1.0
 REASON = "aborted"
-
-
-def request_abort(jobs, job_id: str, by: str) -> bool:
-    """Mark the job aborted (once; a second request changes nothing); False if the job is unknown.
-    ``by`` says who asked (the console's user, `cli`), for the record."""
-    return jobs.abort(job_id, by)
 
 
 def reason(jobs, job_id: str) -> str:
@@ -59,38 +53,34 @@ def cancel_run_tasks(xapi, run: str) -> list[str]:
 
 class AbortWatch:
     """While a stage works: once its job is aborted, cancel the run's XAPI tasks (again every
-    second, since the stage may start another before it notices).  Uses a session of its own:
-    the stage's session is busy in the stage's thread."""
+    second, since the stage may start another before it notices).  Runs on a limits.Heartbeat's
+    thread, with a session of its own: the stage's session is busy in the stage's thread."""
 
     def __init__(self, jobs, job_id: str, run: str, open_session):
         self.jobs, self.job_id, self.run = jobs, job_id, run
         self._open_session = open_session
         self._session = None
-        self._stop = threading.Event()
-        self.seen = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="tinabs-abort-watch", daemon=True)
+        self._beat = Heartbeat([self._look], WATCH_INTERVAL_S)
 
     def __enter__(self):
-        self._thread.start()
+        self._beat.__enter__()
         return self
 
     def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(timeout=10)
+        self._beat.__exit__(*exc)
         if self._session is not None:
             self._session.logout()
 
-    def _watch(self) -> None:
-        while not self._stop.wait(WATCH_INTERVAL_S):
-            try:
-                if not self.jobs.aborted(self.job_id):
-                    continue
-                self.seen.set()
-                if self._session is None:
-                    self._session = self._open_session()
-                cancelled = cancel_run_tasks(self._session, self.run)
-                if cancelled:
-                    log.info("run %s: job %s aborted: cancelled %d XAPI task(s)", self.run, self.job_id,
-                             len(cancelled))
-            except Exception as exc:  # Redis or the pool away for a moment: look again next second
-                log.info("run %s: abort watch: %s", self.run, exc)
+    def _look(self) -> bool:
+        """One look; always True (a Heartbeat takes False for a lost lease, and there is none here)."""
+        try:
+            if not self.jobs.aborted(self.job_id):
+                return True
+            if self._session is None:
+                self._session = self._open_session()
+            cancelled = cancel_run_tasks(self._session, self.run)
+            if cancelled:
+                log.info("run %s: job %s aborted: cancelled %d XAPI task(s)", self.run, self.job_id, len(cancelled))
+        except Exception as exc:  # Redis or the pool away for a moment: look again next second
+            log.info("run %s: abort watch: %s", self.run, exc)
+        return True

@@ -102,7 +102,8 @@ class Lease:
 
 
 class Heartbeat:
-    """Renews leases in the background while a long stage runs; stops on exit."""
+    """Calls ``renewals`` every ``interval_s`` in the background while a stage runs (its leases'
+    renewals; abort.AbortWatch's look); stops on exit.  One returning False sets ``lost``."""
 
     def __init__(self, renewals, interval_s: float):
         self._renewals, self._interval = renewals, interval_s

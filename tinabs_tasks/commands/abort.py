@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import getpass
 
-from .. import abort
 from .common import UserError, job_store, load_config
 from .status import render
 
@@ -22,7 +21,7 @@ def run(args) -> int:
     if job["done"]:
         print(f"job {args.job} has already ended; nothing to abort")
         return 0
-    abort.request_abort(store, args.job, by=f"{_user()} (cli)")
+    store.abort(args.job, by=f"{_user()} (cli)")
     print(f"job {args.job}: abort requested; its runs stop at once or at their next stage, and what they "
           "made is removed", flush=True)
     if not args.wait:
