@@ -1,7 +1,7 @@
 """What the console's pages show and do, in plain Python (routes.py turns it into HTTP).
 
 Everything goes through what the CLI uses: jobstart.start_job to back up, JobStore for job
-state, abort.request_abort, catalog.scan for the backups on disk, tasks_restore.send_restore,
+state and JobStore.abort, catalog.scan for the backups on disk, tasks_restore.send_restore,
 and the console tasks (tasks_console.py) for what only a worker of a pool can see.  Blocking
 calls (Redis, waiting for a worker's answer): routes.py runs them in a thread.
 """
@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from dataclasses import dataclass
 
-from .. import abort, catalog, keys, restore
+from .. import catalog, keys, restore
 from ..config import Config
 from ..jobs import JobStore, RunState
 from ..jobstart import check_pools, start_job
@@ -31,46 +30,13 @@ class ConsoleError(Exception):
     """A request the console refuses, with the reason for the user (shown on the page)."""
 
 
-@dataclass
-class Answer:
-    """A worker's answer to a console task (or why there is none)."""
-    ok: bool
-    value: dict | None = None
-    error: str = ""
-
-
-def wait_answers(results: dict, wait_s: float) -> dict[str, Answer]:
-    """{name: AsyncResult} -> {name: Answer}: all at once, until each is in or the wait is over."""
-    deadline = time.monotonic() + wait_s
-    answers: dict[str, Answer] = {}
-    while len(answers) < len(results):
-        for name, res in results.items():
-            if name in answers or not res.ready():
-                continue
-            if res.successful():
-                answers[name] = Answer(True, res.result)
-            else:
-                answers[name] = Answer(False, error=f"the worker's task failed: {res.result}")
-            res.forget()
-        if time.monotonic() > deadline:
-            break
-        time.sleep(POLL_S)
-    for name, res in results.items():
-        if name not in answers:
-            answers[name] = Answer(False, error=f"no worker answered within {wait_s:.0f}s (is a worker serving "
-                                                f"queue tinabs.pool.{name} running?)")
-    return answers
-
-
 class Console:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.redis = client(cfg.broker_url)
         self.store = JobStore(self.redis, cfg.limits.state_ttl_s)
-        self._inventory: dict[str, tuple[float, Answer]] = {}
-        #: how long a page waits for a worker's answer; a question left unanswered expires with it
-        #: (a worker that comes back later does not answer it for nobody)
-        self._wait = cfg.web.answer_wait_s
+        self._inventory: dict[str, tuple[float, dict]] = {}  # pool -> (when, its inventory)
+        self._wait = cfg.web.answer_wait_s  # how long a page waits for a pool's worker
 
     # -- pools ------------------------------------------------------------------------------
     def pools(self, refresh: bool = False) -> list[dict]:
@@ -79,22 +45,43 @@ class Console:
         now = time.monotonic()
         stale = [p for p in sorted(self.cfg.pools)
                  if refresh or p not in self._inventory or now - self._inventory[p][0] > INVENTORY_FRESH_S]
-        if stale:
-            sent = {p: inventory.apply_async((p,), queue=self.cfg.pool(p).queue, expires=self._wait,
-                                             retry_policy=ASK_RETRY) for p in stale}
-            for p, answer in wait_answers(sent, self._wait).items():
-                self._inventory[p] = (time.monotonic(), answer)
+        for p, data in self.ask(inventory, stale, lambda p: (p,)).items():
+            self._inventory[p] = (time.monotonic(), data)
         last = self.last_backups()
         out = []
         for name in sorted(self.cfg.pools):
-            answer = self._inventory[name][1]
-            data = answer.value if answer.ok else {"pool": name, "reachable": False, "error": answer.error}
-            if not data.get("reachable"):
-                out.append({**data, "hosts": [], "vms": [], "asked": self._inventory[name][0]})
+            data = self._inventory[name][1]
+            if not data["reachable"]:
+                out.append({**data, "hosts": [], "vms": []})
                 continue
             vms = [{**vm, "last_backup": last.get((name, vm["uuid"]))} for vm in data["vms"]]
             out.append({**data, "vms": vms, "by_host": _by_host(data["hosts"], vms)})
         return out
+
+    def ask(self, task, pools: list[str], args) -> dict[str, dict]:
+        """Send ``task`` with ``args(pool)`` to each pool's queue and wait for the answers, all at
+        once: {pool: the task's answer, or {"reachable": False, "error": why there is none}}.
+        A question nobody answered in time expires, so a worker that comes back later does not
+        answer it for nobody."""
+        sent = {p: task.apply_async(args(p), queue=self.cfg.pool(p).queue, expires=self._wait,
+                                    retry_policy=ASK_RETRY) for p in pools}
+        deadline = time.monotonic() + self._wait
+        answers: dict[str, dict] = {}
+        while True:
+            for p, res in sent.items():
+                if p in answers or not res.ready():
+                    continue
+                answers[p] = res.result if res.successful() else \
+                    {"pool": p, "reachable": False, "error": f"the worker's task failed: {res.result}"}
+                res.forget()
+            if len(answers) == len(sent) or time.monotonic() > deadline:
+                break
+            time.sleep(POLL_S)
+        for p in sent.keys() - answers.keys():
+            answers[p] = {"pool": p, "reachable": False,
+                          "error": f"no worker answered within {self._wait:.0f}s (is a worker serving queue "
+                                   f"{self.cfg.pool(p).queue} running?)"}
+        return answers
 
     def today_tag(self) -> str:
         """The weekday tag a backup started now is for, in the schedule's time zone if there is one
@@ -137,18 +124,12 @@ class Console:
     def preview(self, selector: dict, mode: str, pools: list[str]) -> dict:
         """What the job would back up now, per pool (plan.select on a worker), with estimates."""
         from ..tasks_console import preview
-        sent = {p: preview.apply_async((p, selector, mode), queue=self.cfg.pool(p).queue, expires=self._wait,
-                                       retry_policy=ASK_RETRY) for p in pools}
-        per_pool = []
-        for p, answer in sorted(wait_answers(sent, self._wait).items()):
-            data = answer.value if answer.ok else {"pool": p, "reachable": False, "error": answer.error,
-                                                   "vms": [], "notes": []}
-            per_pool.append(data)
+        per_pool = [{"vms": [], "notes": [], **data}
+                    for _p, data in sorted(self.ask(preview, pools, lambda p: (p, selector, mode)).items())]
         vms = [vm for p in per_pool for vm in p["vms"]]
         return {"pools": per_pool, "vm_count": len(vms), "what": describe(selector),
                 "destination_bytes": sum(v["destination_bytes"] for v in vms),
-                "backup_sr_bytes": sum(v["backup_sr_bytes"] for v in vms),
-                "unanswered": [p["pool"] for p in per_pool if not p.get("reachable")]}
+                "backup_sr_bytes": sum(v["backup_sr_bytes"] for v in vms)}
 
     def start(self, selector: dict, mode: str, pools: list[str]) -> str:
         return start_job(self.cfg, self.store, selector, mode, pools)
@@ -171,7 +152,6 @@ class Console:
             runs.append({
                 "pool": r.get("pool", ""), "vm": r.get("vm_name", ""), "uuid": r.get("vm_uuid", ""),
                 "state": state, "stage": r.get("stage", ""), "progress": round(run_fraction(r) * 100, 1),
-                "stage_progress": round(float(r.get("progress") or 0) * 100, 1),
                 "bytes": int(r.get("bytes") or 0) if state == RunState.RUNNING else int(r.get("size") or 0),
                 "rate": int(r.get("rate") or 0) if state == RunState.RUNNING else 0,
                 "error": r.get("error", "") if state in ("failed", "failing", "retrying") else "",
@@ -188,7 +168,7 @@ class Console:
                 "runs": runs, "notes": job["notes"]}
 
     def abort(self, job_id: str, by: str) -> None:
-        if not abort.request_abort(self.store, job_id, by=by):
+        if not self.store.abort(job_id, by):
             raise ConsoleError(f"no job {job_id!r}")
 
     def flower_task(self, task_id: str | None) -> str:
@@ -198,8 +178,9 @@ class Console:
     def last_backups(self) -> dict[tuple[str, str], catalog.Backup]:
         last: dict[tuple[str, str], catalog.Backup] = {}
         for b in catalog.scan(self.cfg.destination):
-            if b.complete and b.created and ((b.pool, b.vm_uuid) not in last or b.created > last[(b.pool, b.vm_uuid)].created):
-                last[(b.pool, b.vm_uuid)] = b
+            key = (b.pool, b.vm_uuid)
+            if b.complete and b.created and (key not in last or b.created > last[key].created):
+                last[key] = b
         return last
 
     def catalog(self, query: str = "") -> list[dict]:
