@@ -24,6 +24,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
@@ -201,13 +202,18 @@ def _status(browser) -> int:
 
 
 def _backup_rows(browser) -> list[dict] | None:
-    """The table's rows as {column: text}, once they include every task of the backup."""
-    columns = [th.get_attribute("data-column") for th in browser.find_elements(By.CSS_SELECTOR, "#tasks-table thead th")]
+    """The table's rows as {column: text}, once they include every task of the backup (None
+    until then, and while Flower redraws the table under the reading: its rows are replaced)."""
     rows = []
-    for tr in browser.find_elements(By.CSS_SELECTOR, "#tasks-table tbody tr"):
-        cells = [td.text for td in tr.find_elements(By.TAG_NAME, "td")]
-        if len(cells) == len(columns):
-            rows.append(dict(zip(columns, cells)))
+    try:
+        columns = [th.get_attribute("data-column")
+                   for th in browser.find_elements(By.CSS_SELECTOR, "#tasks-table thead th")]
+        for tr in browser.find_elements(By.CSS_SELECTOR, "#tasks-table tbody tr"):
+            cells = [td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+            if len(cells) == len(columns):
+                rows.append(dict(zip(columns, cells)))
+    except StaleElementReferenceException:
+        return None
     return rows if not BACKUP_TASKS - Counter(r.get("name") for r in rows) else None
 
 
