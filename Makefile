@@ -45,7 +45,7 @@ test: venv redis browser tools
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 demo: venv redis
-	$(VPY) -m tinabs_tasks.demo
+	$(VPY) -m tinabs_tasks.dev.demo
 
 bench: venv
 	@set -e; for f in bench/*.py; do \

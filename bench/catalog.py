@@ -19,8 +19,8 @@ import time
 import uuid as uuidlib
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tinabs_tasks import catalog  # noqa: E402
-from tinabs_tasks.destination import safe_name  # noqa: E402
+from tinabs_tasks.storage import catalog# noqa: E402
+from tinabs_tasks.storage.destination import safe_name# noqa: E402
 
 POOLS, VMS = 20, 500
 EXTRA_PARTIAL, EXTRA_ORPHAN = 200, 200

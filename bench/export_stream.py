@@ -40,8 +40,8 @@ CAP_MBPS = float(os.environ.get("BENCH_CAP_MBPS", "400"))
 # Runs in a fresh interpreter: the tinabs download path, no Celery, no Redis.
 TINABS_DOWNLOAD = r"""
 import json, resource, sys, time
-from tinabs_tasks.config import PoolConfig
-from tinabs_tasks.stages.export import download
+from tinabs_tasks.config.model import PoolConfig
+from tinabs_tasks.backup.export import download
 from tinabs_tasks.xapi.connect import PoolSession
 from tinabs_tasks.xapi.port import Xapi
 

@@ -28,7 +28,7 @@ import tempfile
 import time
 from collections import defaultdict
 
-from tinabs_tasks.localrun import free_port, private_redis, stop_all
+from tinabs_tasks.dev.localrun import free_port, private_redis, stop_all
 
 POOLS, VMS, HOSTS = 4, 8, 2
 LATENCY_S = float(os.environ.get("BENCH_LATENCY_S", "0.3"))
@@ -40,12 +40,18 @@ LIMIT = int(os.environ.get("BENCH_LIMIT", "2"))
 
 SEQUENTIAL = r"""
 import json, sys, time
-from tinabs_tasks import config as config_mod
-from tinabs_tasks.jobs import JobStore
-from tinabs_tasks.progress import Reporter
-from tinabs_tasks.redis_client import client
-from tinabs_tasks.stages import cleanup, disks, export, plan, skeleton, snapshot, vifs
-from tinabs_tasks.stages.slots import Slots
+from tinabs_tasks.config import model as config_mod
+from tinabs_tasks.runs.store import JobStore
+from tinabs_tasks.runs.progress import Reporter
+from tinabs_tasks.runs.redis_client import client
+from tinabs_tasks.backup import cleanup
+from tinabs_tasks.backup import disks
+from tinabs_tasks.backup import export
+from tinabs_tasks.backup import selection as plan
+from tinabs_tasks.backup import skeleton
+from tinabs_tasks.backup import snapshot
+from tinabs_tasks.backup import vifs
+from tinabs_tasks.runs.slots import Slots
 from tinabs_tasks.xapi.connect import PoolSession
 from tinabs_tasks.xapi.port import Xapi
 

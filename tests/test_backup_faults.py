@@ -181,7 +181,7 @@ def test_a_fault_that_never_clears_fails_the_vm_after_the_configured_retries(dep
 # -- 4. compensation is idempotent -------------------------------------------------
 SEND_COMPENSATE = """
 import json, sys
-from tinabs_tasks.tasks import CFG, compensate
+from tinabs_tasks.tasks.backup import CFG, compensate
 ctx, reason, copies = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 sent = [compensate.apply_async((ctx, reason), queue=CFG.pool(ctx["pool"]).queue) for _ in range(copies)]
 print(json.dumps([r.get(timeout=60) for r in sent]))  # raises if any copy failed

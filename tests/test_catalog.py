@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from helpers.pool_checks import backupable_vms
-from tinabs_tasks import catalog
-from tinabs_tasks.destination import vm_dir, write_json_atomic
+from tinabs_tasks.storage import catalog
+from tinabs_tasks.storage.destination import vm_dir, write_json_atomic
 
 DEPLOYMENT_SIM_ARGS = ("--pools", "1", "--vms-per-pool", "3", "--disk-mib", "8")
 UUID_A = "0f6a1c2e-1111-4a5b-8c9d-000000000001"

@@ -43,8 +43,9 @@ import yaml
 
 from helpers.compose_check import InterpolationError, interpolate, structural_problems
 from helpers.sim_proc import SimProc
-from tinabs_tasks import cli, config
-from tinabs_tasks.commands import worker as worker_command
+from tinabs_tasks import cli
+from tinabs_tasks.config import model as config
+from tinabs_tasks.cli import worker as worker_command
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -321,7 +322,7 @@ def celery_line(service: dict, cfg) -> list[str]:
     argv = service["command"]
     if argv[0] != "tinabs":
         return argv
-    from tinabs_tasks.commands import beat as beat_command
+    from tinabs_tasks.cli import beat as beat_command
     args = cli.build_parser().parse_args(argv[1:])
     if args.command == "worker":
         return worker_command.command_line(cfg, args)

@@ -312,7 +312,7 @@ def test_member_url_backs_up_a_vm(deployment, make_config):
 _DUMP_SETTINGS = """
 import json
 from tinabs_tasks.app import app
-import tinabs_tasks.tasks  # registers every tinabs task
+import tinabs_tasks.tasks.backup  # registers every tinabs task
 cfg = app.tinabs_config
 conf = app.conf
 limits = {name: task.time_limit or conf.task_time_limit

@@ -13,8 +13,10 @@ import pytest
 
 from helpers import toml_write
 from helpers.deployment import Deployment
-from tinabs_tasks import catalog, janitor, retention
-from tinabs_tasks.jobs import JobStore
+from tinabs_tasks.storage import catalog
+from tinabs_tasks.storage import janitor
+from tinabs_tasks.storage import retention
+from tinabs_tasks.runs.store import JobStore
 
 SIM_ARGS = ("--pools", "1", "--vms-per-pool", "3", "--disk-mib", "8")
 OLD = "2020-01-01T00:00:00Z"

@@ -10,8 +10,8 @@ import time
 import pytest
 import redis
 
-from tinabs_tasks import keys
-from tinabs_tasks.jobs import JobStore, RunState
+from tinabs_tasks.runs import keys
+from tinabs_tasks.runs.store import JobStore, RunState
 
 TTL_S = 30
 

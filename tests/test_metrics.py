@@ -91,7 +91,7 @@ def _system_vdi_uuid(dep, pool: str, vm_name: str) -> str:
 
 SEND_COMPENSATE = """
 import json, sys
-from tinabs_tasks.tasks import CFG, compensate
+from tinabs_tasks.tasks.backup import CFG, compensate
 ctx = json.loads(sys.argv[1])
 sent = [compensate.apply_async((ctx, "sent again by a test"), queue=CFG.pool(ctx["pool"]).queue) for _ in range(2)]
 print(json.dumps([r.get(timeout=60) for r in sent]))  # raises if any copy failed
@@ -198,13 +198,13 @@ def test_unreachable_broker_and_bad_listen_are_one_clear_line(deployment):
 @pytest.mark.parametrize("text, want", [("127.0.0.1:9817", ("127.0.0.1", 9817)), ("[::1]:9817", ("::1", 9817)),
                                         ("0.0.0.0:0", ("0.0.0.0", 0)), ("localhost:80", ("localhost", 80))])
 def test_listen_addresses(text, want):
-    from tinabs_tasks.commands.metrics import parse_listen
+    from tinabs_tasks.cli.metrics import parse_listen
     assert parse_listen(text) == want
 
 
 @pytest.mark.parametrize("text", ["9817", ":9817", "127.0.0.1", "127.0.0.1:http", "127.0.0.1:70000", "[::1]"])
 def test_bad_listen_addresses(text):
-    from tinabs_tasks.commands.common import UserError
-    from tinabs_tasks.commands.metrics import parse_listen
+    from tinabs_tasks.cli.common import UserError
+    from tinabs_tasks.cli.metrics import parse_listen
     with pytest.raises(UserError, match="give HOST:PORT"):
         parse_listen(text)

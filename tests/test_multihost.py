@@ -33,7 +33,7 @@ from helpers.redis_proc import RedisProc
 from helpers.sim_proc import SimProc
 from helpers.waiting import wait_for
 from helpers.workers import WorkerProc
-from tinabs_tasks.jobs import JobStore
+from tinabs_tasks.runs.store import JobStore
 
 PASSWORD = "multihost-redis-pw"
 STAGES = {"snapshot", "skeleton", "disks", "vifs", "export", "cleanup"}

@@ -33,11 +33,11 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
 from helpers.deployment import Deployment
-from tinabs_tasks import config as config_mod
-from tinabs_tasks import keys
-from tinabs_tasks.jobs import JobStore, RunState
-from tinabs_tasks.report_channels import DeliveryFailed, send
-from tinabs_tasks.reports_config import EmailConfig, SecretRef, WebhookConfig
+from tinabs_tasks.config import model as config_mod
+from tinabs_tasks.runs import keys
+from tinabs_tasks.runs.store import JobStore, RunState
+from tinabs_tasks.reports.channels import DeliveryFailed, send
+from tinabs_tasks.config.reports import EmailConfig, SecretRef, WebhookConfig
 
 SIM_ARGS = ("--pools", "1", "--vms-per-pool", "3", "--disk-mib", "4", "--seed", "7311")
 POOL_PASSWORD = "sim-pool-a-7311"

@@ -214,7 +214,9 @@ def test_health_check_task_passes_and_cleans_up(deployment, source):
 
 def test_health_check_reports_a_broken_skeleton(deployment, source, tmp_path):
     """A manifest that disagrees with the backup's content fails the check (and still cleans up)."""
-    from tinabs_tasks import config, restore as restore_mod, restore_test
+    from tinabs_tasks.config import model as config
+    from tinabs_tasks.restore import into_pool as restore_mod
+    from tinabs_tasks.restore import health_check as restore_test
     dep = deployment
     code, job = dep.backup("--vm", source["uuid"], "--pool", POOL, "--mode", "export")
     assert code == 0, job

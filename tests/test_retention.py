@@ -6,8 +6,10 @@ import datetime as dt
 
 import pytest
 
-from tinabs_tasks import catalog, config, retention
-from tinabs_tasks.retention import Policy
+from tinabs_tasks.storage import catalog
+from tinabs_tasks.config import model as config
+from tinabs_tasks.storage import retention
+from tinabs_tasks.storage.retention import Policy
 
 UTC = dt.timezone.utc
 
@@ -177,7 +179,7 @@ def test_retention_runs_by_itself_after_each_good_backup(redis_server, tmp_path)
 
     from helpers import toml_write
     from helpers.deployment import Deployment
-    from tinabs_tasks import catalog
+    from tinabs_tasks.storage import catalog
 
     dep = Deployment(tmp_path, redis_server, ("--pools", "1", "--vms-per-pool", "3", "--disk-mib", "8"), db=13)
     try:

@@ -19,9 +19,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from tinabs_tasks import config
-from tinabs_tasks.schedule_times import beat_schedule, daily_tag, next_runs
-from tinabs_tasks.schedules import When
+from tinabs_tasks.config import model as config
+from tinabs_tasks.schedule.times import beat_schedule, daily_tag, next_runs
+from tinabs_tasks.config.schedule import When
 
 PARIS = ZoneInfo("Europe/Paris")
 UTC = dt.timezone.utc
@@ -135,7 +135,7 @@ def _app_settings(tmp_path, schedule: str) -> dict:
 def test_the_app_runs_beat_with_redbeat_in_the_schedules_time_zone(tmp_path):
     s = _app_settings(tmp_path, EXAMPLE)
     assert (s["timezone"], s["scheduler"], s["prefix"], s["redis"]) == \
-        ("Europe/Paris", "tinabs_tasks.beat_scheduler:Scheduler", "tinabs:redbeat:", None)
+        ("Europe/Paris", "tinabs_tasks.schedule.beat_scheduler:Scheduler", "tinabs:redbeat:", None)
     # (redbeat's URL is set inside beat only: in the app's settings, Flower would show its password)
     assert s["entries"] == ["backup:daily", "backup:web", "backup:weekly-all", "verify:morning"] and s["task"]
     assert (s["lock"], s["loop"]) == (60, 5.0)  # the lock is renewed every few seconds, long before it expires

@@ -24,9 +24,9 @@ from helpers.beat_proc import BeatProc, Send
 from helpers.deployment import Deployment
 from helpers.pool_checks import RUN
 from helpers.waiting import wait_for
-from tinabs_tasks import keys
-from tinabs_tasks.jobs import JobStore
-from tinabs_tasks.schedule_times import WEEKDAYS
+from tinabs_tasks.runs import keys
+from tinabs_tasks.runs.store import JobStore
+from tinabs_tasks.schedule.times import WEEKDAYS
 
 SIM_ARGS = ("--pools", "2", "--vms-per-pool", "8", "--disk-mib", "4")  # 8 VMs: every weekday tagged in each pool
 LOCK_TIMEOUT_S = 3

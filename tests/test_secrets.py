@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from helpers import toml_write
-from tinabs_tasks import config, secret_files
+from tinabs_tasks.config import model as config
+from tinabs_tasks.config import secrets as secret_files
 
 DEPLOYMENT_SIM_ARGS = ("--pools", "2", "--vms-per-pool", "2", "--disk-mib", "4")
 DEPLOYMENT_WORKERS = 0

@@ -19,8 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from tinabs_tasks import cli, config
-from tinabs_tasks.commands import beat as beat_command, worker as worker_command
+from tinabs_tasks import cli
+from tinabs_tasks.config import model as config
+from tinabs_tasks.cli import beat as beat_command
+from tinabs_tasks.cli import worker as worker_command
 
 WORKERS = Path(__file__).resolve().parent.parent / "workers"
 WORKER_UNIT = WORKERS / "tinabs-worker@.service"
@@ -111,7 +113,7 @@ def test_the_beat_unit_starts_redbeat_and_gets_no_pool_password():
     argv = exec_argv(unit, "", {})
     assert argv[0] == INSTALLED_TINABS
     line = beat_command.command_line(cli.build_parser().parse_args(argv[1:]))
-    assert line[line.index("beat") + 1:line.index("beat") + 3] == ["-S", "tinabs_tasks.beat_scheduler:Scheduler"], line
+    assert line[line.index("beat") + 1:line.index("beat") + 3] == ["-S", "tinabs_tasks.schedule.beat_scheduler:Scheduler"], line
     assert "/etc/tinabs/tinabs.env" in values(unit, "Service", "EnvironmentFile")
     assert values(unit, "Service", "LoadCredential") == []
     assert values(unit, "Install", "WantedBy") == ["multi-user.target"]

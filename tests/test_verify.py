@@ -22,11 +22,11 @@ import xxhash
 from helpers import toml_write
 from helpers import xapi_http as H
 from helpers.xva_parse import member_offsets
-from tinabs_tasks.commands import verify as verify_cmd
-from tinabs_tasks.commands.common import UserError, fail
-from tinabs_tasks.stages.skeleton_fields import summary
-from tinabs_tasks.verify import verify_all, verify_backup
-from tinabs_tasks.xva_headers import header_problems
+from tinabs_tasks.cli import verify as verify_cmd
+from tinabs_tasks.cli.common import UserError, fail
+from tinabs_tasks.backup.skeleton_fields import summary
+from tinabs_tasks.storage.verify import verify_all, verify_backup
+from tinabs_tasks.storage.xva_headers import header_problems
 
 MiB = 1 << 20
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,9 +20,11 @@ import time
 
 import pytest
 
-from tinabs_tasks import cli, config
-from tinabs_tasks.commands import beat as beat_command, worker as worker_command
-from tinabs_tasks.commands.common import UserError
+from tinabs_tasks import cli
+from tinabs_tasks.config import model as config
+from tinabs_tasks.cli import beat as beat_command
+from tinabs_tasks.cli import worker as worker_command
+from tinabs_tasks.cli.common import UserError
 
 CONFIG = """
 broker_url = "{broker}"
@@ -114,7 +116,7 @@ def test_malformed_arguments_are_usage_errors(argv, capsys):
 def test_beat_wraps_the_redbeat_command_line():
     args = cli.build_parser().parse_args(["beat", "--", "--max-interval", "30"])
     assert beat_command.command_line(args) == PREFIX + [
-        "beat", "-S", "tinabs_tasks.beat_scheduler:Scheduler", "-n", "celerybeat@%h", "-l", "info", "--enable-remote-control",
+        "beat", "-S", "tinabs_tasks.schedule.beat_scheduler:Scheduler", "-n", "celerybeat@%h", "-l", "info", "--enable-remote-control",
         "--max-interval", "30"]
     with pytest.raises(UserError, match="tinabs beat sets it"):
         beat_command.command_line(argparse.Namespace(name="celerybeat", celery_args=["-S", "other.Scheduler"]))

@@ -7,6 +7,6 @@ below; importing the package alone (e.g. for the simulator) loads no config.
 
 def __getattr__(name: str):
     if name in ("app", "celery"):
-        from .app import app
+        from tinabs_tasks.app import app
         return app
     raise AttributeError(name)

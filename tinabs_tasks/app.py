@@ -13,8 +13,8 @@ import logging
 from celery import Celery
 from kombu import Queue
 
-from . import config as config_mod
-from .xapi.tls import insecure_warnings
+from tinabs_tasks.config import model as config_mod
+from tinabs_tasks.xapi.tls import insecure_warnings
 
 log = logging.getLogger("tinabs")
 DEFAULT_QUEUE = "tinabs"
@@ -88,12 +88,12 @@ def beat_settings(cfg: config_mod.Config) -> dict:
     more beats can run for availability and a tick is sent once.  Crontabs are read in
     [schedule] timezone, which becomes the app's time zone when there is one (tinabs' own times
     stay UTC; Celery's are timezone-aware either way)."""
-    from . import keys
-    from .schedule_times import beat_loop_interval, beat_schedule
+    from tinabs_tasks.runs import keys
+    from tinabs_tasks.schedule.times import beat_loop_interval, beat_schedule
     sched = cfg.schedule
     lock_timeout = sched.lock_timeout_s if sched else 60
     settings = {
-        "beat_scheduler": "tinabs_tasks.beat_scheduler:Scheduler",  # redbeat, URL set in beat only
+        "beat_scheduler": "tinabs_tasks.schedule.beat_scheduler:Scheduler",  # redbeat, URL set in beat only
         "beat_schedule": beat_schedule(sched),
         "beat_max_loop_interval": beat_loop_interval(lock_timeout),  # also how often the lock is renewed
         "redbeat_redis_options": {},  # set, so redbeat does not read the broker's transport options
@@ -107,8 +107,8 @@ def beat_settings(cfg: config_mod.Config) -> dict:
 
 def make_app(cfg: config_mod.Config | None = None) -> Celery:
     cfg = cfg or config_mod.load()
-    app = Celery("tinabs", include=["tinabs_tasks.tasks", "tinabs_tasks.tasks_restore", "tinabs_tasks.tasks_upkeep",
-                                    "tinabs_tasks.tasks_schedule", "tinabs_tasks.tasks_console"])
+    app = Celery("tinabs", include=["tinabs_tasks.tasks.backup", "tinabs_tasks.tasks.restore", "tinabs_tasks.tasks.upkeep",
+                                    "tinabs_tasks.tasks.schedule", "tinabs_tasks.tasks.console"])
     app.conf.update(celery_settings(cfg))
     app.conf.update(beat_settings(cfg))
     app.tinabs_config = cfg

@@ -33,7 +33,7 @@ class BeatProc:
 
     def start(self) -> "BeatProc":
         """Started once beat has loaded its schedule into Redis (it may still wait for the lock)."""
-        argv = [sys.executable, "-m", "celery", "-A", "tinabs_tasks", "beat", "-S", "tinabs_tasks.beat_scheduler:Scheduler",
+        argv = [sys.executable, "-m", "celery", "-A", "tinabs_tasks", "beat", "-S", "tinabs_tasks.schedule.beat_scheduler:Scheduler",
                 "-l", "debug"]
         self._log = open(self.log_path, "ab")
         self._offset = self.log_path.stat().st_size

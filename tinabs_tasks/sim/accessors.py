@@ -1,9 +1,9 @@
 """The implicit messages every class gets (ocaml/idl/datamodel_utils.ml rules)."""
 from __future__ import annotations
 
-from . import wire
-from .datamodel import model
-from .errors import XapiError
+from tinabs_tasks.sim import wire
+from tinabs_tasks.sim.datamodel import model
+from tinabs_tasks.sim.errors import XapiError
 
 
 def serve(ctx, cls: str, msg: str, args: tuple):

@@ -19,9 +19,10 @@ import socket
 import urllib.parse
 from http.server import BaseHTTPRequestHandler
 
-from . import datamodel, wire
-from .errors import XapiError
-from .faults import FaultSpecError, parse_spec
+from tinabs_tasks.sim import datamodel
+from tinabs_tasks.sim import wire
+from tinabs_tasks.sim.errors import XapiError
+from tinabs_tasks.sim.faults import FaultSpecError, parse_spec
 
 log = logging.getLogger("tinabs.sim.control")
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 import copy
 import logging
 
-from . import accessors, datamodel, wire
-from .errors import XapiError
-from .faults import raise_if_error
-from .ops import Ctx, load_all
+from tinabs_tasks.sim import accessors
+from tinabs_tasks.sim import datamodel
+from tinabs_tasks.sim import wire
+from tinabs_tasks.sim.errors import XapiError
+from tinabs_tasks.sim.faults import raise_if_error
+from tinabs_tasks.sim.ops import Ctx, load_all
 
 log = logging.getLogger("tinabs.sim")
 OPS = load_all()

@@ -1,9 +1,9 @@
 """GET /export and /export_metadata bodies (ocaml/xapi/export.ml)."""
 from __future__ import annotations
 
-from . import ovaxml
-from .disks import CHUNK
-from .xva import END_OF_ARCHIVE, disk_members, member
+from tinabs_tasks.sim import ovaxml
+from tinabs_tasks.sim.disks import CHUNK
+from tinabs_tasks.sim.xva import END_OF_ARCHIVE, disk_members, member
 
 
 class ConnectionDropped(Exception):

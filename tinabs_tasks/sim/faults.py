@@ -35,8 +35,8 @@ import itertools
 import threading
 from dataclasses import dataclass, field
 
-from . import datamodel
-from .errors import XapiError
+from tinabs_tasks.sim import datamodel
+from tinabs_tasks.sim.errors import XapiError
 
 HANDLERS = ("/export", "/export_metadata", "/import", "/import_metadata")
 _KEYS = {"method", "handler", "expire_sessions", "error", "delay_s", "drop_after_bytes", "times", "pool", "arg"}

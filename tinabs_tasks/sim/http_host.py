@@ -16,14 +16,14 @@ import socket
 import urllib.parse
 from http.server import BaseHTTPRequestHandler
 
-from . import dispatch
-from .datamodel import NULL_REF
-from .errors import XapiError
-from .exporter import ConnectionDropped, metadata_tar, stream_xva
-from .faults import raise_if_error
-from .importer import Import
-from .ops.vm import assert_not_busy
-from .xva import TarReader
+from tinabs_tasks.sim import dispatch
+from tinabs_tasks.sim.datamodel import NULL_REF
+from tinabs_tasks.sim.errors import XapiError
+from tinabs_tasks.sim.exporter import ConnectionDropped, metadata_tar, stream_xva
+from tinabs_tasks.sim.faults import raise_if_error
+from tinabs_tasks.sim.importer import Import
+from tinabs_tasks.sim.ops.vm import assert_not_busy
+from tinabs_tasks.sim.xva import TarReader
 
 log = logging.getLogger("tinabs.sim.http")
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"

@@ -11,13 +11,15 @@ are verified unless ``force=true``, and a failed import removes what it made
 """
 from __future__ import annotations
 
-from . import ovaxml, wire
-from .datamodel import NULL_REF, model
-from .disks import FileContent
-from .errors import XapiError
-from .ops import Ctx, storage
-from .ops.construct import random_mac
-from .xva import TarFormatError, TarReader, verify_checksum
+from tinabs_tasks.sim import ovaxml
+from tinabs_tasks.sim import wire
+from tinabs_tasks.sim.datamodel import NULL_REF, model
+from tinabs_tasks.sim.disks import FileContent
+from tinabs_tasks.sim.errors import XapiError
+from tinabs_tasks.sim.ops import Ctx
+from tinabs_tasks.sim.ops import storage
+from tinabs_tasks.sim.ops.construct import random_mac
+from tinabs_tasks.sim.xva import TarFormatError, TarReader, verify_checksum
 
 _RESET_ON_IMPORT = {"order": 0, "start_delay": 0, "shutdown_delay": 0, "ha_always_run": False}
 
@@ -186,7 +188,7 @@ class Import:
                       resident_on=NULL_REF, domid=-1, is_control_domain=False,
                       is_a_template=_bool(rec.get("is_a_template")))
         ref = self._track("VM", self.pool.store.create("VM", fields))
-        from .ops.vm import refresh_allowed
+        from tinabs_tasks.sim.ops.vm import refresh_allowed
         refresh_allowed(self.ctx, ref)
         self._keep_uuid("VM", ref, rec)
         self.vms.append(ref)

@@ -12,10 +12,12 @@ from __future__ import annotations
 import random
 import uuid as uuidlib
 
-from .datamodel import NULL_REF
-from .ops import Ctx, storage, vm as vm_ops
-from .ops.construct import random_mac
-from .tasks import now
+from tinabs_tasks.sim.datamodel import NULL_REF
+from tinabs_tasks.sim.ops import Ctx
+from tinabs_tasks.sim.ops import storage
+from tinabs_tasks.sim.ops import vm as vm_ops
+from tinabs_tasks.sim.ops.construct import random_mac
+from tinabs_tasks.sim.tasks import now
 
 GiB = 1 << 30
 MiB = 1 << 20

@@ -10,8 +10,8 @@ import ssl
 import sys
 import threading
 
-from .server import Simulator
-from .settings import SimSettings
+from tinabs_tasks.sim.server import Simulator
+from tinabs_tasks.sim.settings import SimSettings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 import itertools
 import threading
 
-from . import datamodel, wire
-from .datamodel import EPOCH, NULL_REF, model
+from tinabs_tasks.sim import datamodel
+from tinabs_tasks.sim import wire
+from tinabs_tasks.sim.datamodel import EPOCH, NULL_REF, model
 
 # xapi's export ids come from a process-global counter (make_id): Ref:N does
 # not restart at 0 for each export, and nothing may assume it does.

@@ -4,14 +4,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from .datamodel import NULL_REF
-from .disks import Content, OverlayContent
-from .errors import XapiError
-from .faults import FaultRegistry
-from .settings import SimSettings
-from .store import Store
-from .tasks import Tasks, now
-from .throttle import Throttle
+from tinabs_tasks.sim.datamodel import NULL_REF
+from tinabs_tasks.sim.disks import Content, OverlayContent
+from tinabs_tasks.sim.errors import XapiError
+from tinabs_tasks.sim.faults import FaultRegistry
+from tinabs_tasks.sim.settings import SimSettings
+from tinabs_tasks.sim.store import Store
+from tinabs_tasks.sim.tasks import Tasks, now
+from tinabs_tasks.sim.throttle import Throttle
 
 
 @dataclass

@@ -22,12 +22,12 @@ import threading
 import time
 from http.server import ThreadingHTTPServer
 
-from .control import ControlHandler, pool_state
-from .faults import FaultRegistry
-from .http_host import HostHandler
-from .inventory import populate
-from .pool import SimPool
-from .settings import SimSettings
+from tinabs_tasks.sim.control import ControlHandler, pool_state
+from tinabs_tasks.sim.faults import FaultRegistry
+from tinabs_tasks.sim.http_host import HostHandler
+from tinabs_tasks.sim.inventory import populate
+from tinabs_tasks.sim.pool import SimPool
+from tinabs_tasks.sim.settings import SimSettings
 
 
 class _Server(ThreadingHTTPServer):

@@ -10,8 +10,8 @@ import copy
 import threading
 import uuid as uuidlib
 
-from .datamodel import NULL_REF, model
-from .errors import XapiError, handle_invalid
+from tinabs_tasks.sim.datamodel import NULL_REF, model
+from tinabs_tasks.sim.errors import XapiError, handle_invalid
 
 #: (parent class, set field) <- (child class, forward ref field)
 RELATIONS = {

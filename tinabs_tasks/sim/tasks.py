@@ -5,9 +5,9 @@ import datetime as dt
 import threading
 import time
 
-from . import wire
-from .datamodel import NULL_REF
-from .errors import XapiError
+from tinabs_tasks.sim import wire
+from tinabs_tasks.sim.datamodel import NULL_REF
+from tinabs_tasks.sim.errors import XapiError
 
 
 def now() -> dt.datetime:

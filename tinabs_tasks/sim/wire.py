@@ -11,8 +11,8 @@ import datetime as dt
 import xmlrpc.client
 from xml.sax.saxutils import escape
 
-from .datamodel import FieldType
-from .errors import XapiError
+from tinabs_tasks.sim.datamodel import FieldType
+from tinabs_tasks.sim.errors import XapiError
 
 
 def _encode(value, out: list[str]) -> None:

@@ -16,7 +16,7 @@ import time
 
 import xxhash
 
-from .disks import Content
+from tinabs_tasks.sim.disks import Content
 
 BLOCK = 512
 END_OF_ARCHIVE = bytes(2 * BLOCK)

@@ -10,13 +10,15 @@ from __future__ import annotations
 import datetime as dt
 import time
 
-from .. import catalog, keys, restore
-from ..config import Config
-from ..jobs import JobStore, RunState
-from ..jobstart import check_pools, start_job
-from ..redis_client import client
-from ..schedule_times import WEEKDAYS
-from ..stages.plan import describe
+from tinabs_tasks.storage import catalog
+from tinabs_tasks.runs import keys
+from tinabs_tasks.restore import into_pool as restore
+from tinabs_tasks.config.model import Config
+from tinabs_tasks.runs.store import JobStore, RunState
+from tinabs_tasks.runs.jobstart import check_pools, start_job
+from tinabs_tasks.runs.redis_client import client
+from tinabs_tasks.schedule.times import WEEKDAYS
+from tinabs_tasks.backup.selection import describe
 
 #: a pool's inventory is asked again after this (or on "refresh")
 INVENTORY_FRESH_S = 15.0
@@ -41,7 +43,7 @@ class Console:
     # -- pools ------------------------------------------------------------------------------
     def pools(self, refresh: bool = False) -> list[dict]:
         """Every configured pool: its state, hosts and VMs (grouped by host), each VM's last backup."""
-        from ..tasks_console import inventory
+        from tinabs_tasks.tasks.console import inventory
         now = time.monotonic()
         stale = [p for p in sorted(self.cfg.pools)
                  if refresh or p not in self._inventory or now - self._inventory[p][0] > INVENTORY_FRESH_S]
@@ -123,7 +125,7 @@ class Console:
 
     def preview(self, selector: dict, mode: str, pools: list[str]) -> dict:
         """What the job would back up now, per pool (plan.select on a worker), with estimates."""
-        from ..tasks_console import preview
+        from tinabs_tasks.tasks.console import preview
         per_pool = [{"vms": [], "notes": [], **data}
                     for _p, data in sorted(self.ask(preview, pools, lambda p: (p, selector, mode)).items())]
         vms = [vm for p in per_pool for vm in p["vms"]]
@@ -136,7 +138,7 @@ class Console:
 
     # -- jobs -------------------------------------------------------------------------------
     def recent_jobs(self, limit: int = 20) -> list[dict]:
-        from ..commands.status import summary
+        from tinabs_tasks.cli.status import summary
         jobs = [self.store.job(j) for j in self.store.recent_jobs(limit)]
         return [{**summary(j), "progress": job_progress(j)} for j in jobs if j]
 
@@ -145,7 +147,7 @@ class Console:
         job = self.store.job(job_id)
         if job is None:
             return None
-        from ..commands.status import summary
+        from tinabs_tasks.cli.status import summary
         runs = []
         for r in job["runs"]:
             state = r["state"]
@@ -205,7 +207,7 @@ class Console:
 
     # -- verify and restore (sent to a worker of the backup's pool) ------------------------
     def send_verify(self, path: str, by: str) -> str:
-        from ..tasks_console import verify_backup
+        from tinabs_tasks.tasks.console import verify_backup
         backup = self.backup(path)
         pool = backup["manifest"].get("pool")
         queue = self.cfg.pool(pool).queue if pool in self.cfg.pools else None
@@ -213,7 +215,7 @@ class Console:
         return self._record(result.id, "verify", backup, pool or "", by)
 
     def send_restore(self, path: str, pool: str, options: dict, by: str) -> str:
-        from ..tasks_restore import send_restore
+        from tinabs_tasks.tasks.restore import send_restore
         if pool not in self.cfg.pools:
             raise ConsoleError(f"unknown pool `{pool}`; configured pools: {', '.join(sorted(self.cfg.pools))}")
         problem = restore.name_problem(options["name"]) if options.get("name") is not None else None
@@ -240,7 +242,7 @@ class Console:
         record = self.redis.hgetall(keys.web_action(task_id))
         if not record:
             return None
-        from ..app import app
+        from tinabs_tasks.app import app
         res = app.AsyncResult(task_id)
         state = res.state
         out = {**record, "id": task_id, "state": state, "done": state in ("SUCCESS", "FAILURE"), "result": None,
@@ -256,7 +258,7 @@ class Console:
 
 def run_fraction(run: dict) -> float:
     """How far a run is, 0..1: its stages done plus the current stage's own progress."""
-    from ..tasks import STAGES
+    from tinabs_tasks.tasks.backup import STAGES
     if RunState(run["state"]).terminal:
         return 1.0
     names = STAGES.get(run.get("mode", ""), ())

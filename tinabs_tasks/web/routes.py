@@ -22,9 +22,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from ..commands.common import human_bytes
-from . import auth
-from .console import Console, ConsoleError
+from tinabs_tasks.cli.common import human_bytes
+from tinabs_tasks.web import auth
+from tinabs_tasks.web.console import Console, ConsoleError
 
 HERE = Path(__file__).resolve().parent
 

@@ -8,8 +8,8 @@ import urllib.parse
 
 import XenAPI
 
-from ..config import PoolConfig
-from . import tls
+from tinabs_tasks.config.model import PoolConfig
+from tinabs_tasks.xapi import tls
 
 _cache: dict[str, "PoolSession"] = {}
 _lock = threading.Lock()

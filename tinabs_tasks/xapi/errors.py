@@ -56,7 +56,7 @@ class DestinationError(Exception):
 
 
 def classify(exc: BaseException, pool: str) -> StageError:
-    from ..config import ConfigError
+    from tinabs_tasks.config.model import ConfigError
     if isinstance(exc, StageError):
         return exc
     if isinstance(exc, ConfigError):

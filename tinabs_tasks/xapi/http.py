@@ -11,8 +11,8 @@ import queue
 import threading
 import urllib.parse
 
-from .errors import StreamCut
-from .tls import PinnedHTTPSConnection
+from tinabs_tasks.xapi.errors import StreamCut
+from tinabs_tasks.xapi.tls import PinnedHTTPSConnection
 
 BUFFER = 4 << 20
 RING = 4

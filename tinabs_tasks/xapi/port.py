@@ -6,7 +6,7 @@ import xmlrpc.client
 
 import XenAPI
 
-from .connect import PoolSession
+from tinabs_tasks.xapi.connect import PoolSession
 
 NULL_REF = "OpaqueRef:NULL"
 #: on the XAPI tasks tinabs starts: the run they belong to, so the objects a task made after its

@@ -12,7 +12,7 @@ import http.client
 import ssl
 import xmlrpc.client
 
-from ..config import PoolConfig
+from tinabs_tasks.config.model import PoolConfig
 
 
 class PinMismatch(ssl.SSLCertVerificationError):

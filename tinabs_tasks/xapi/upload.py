@@ -18,7 +18,7 @@ import socket
 import ssl
 import urllib.parse
 
-from . import tls
+from tinabs_tasks.xapi import tls
 
 PIECE = 1 << 20
 MAX_REDIRECTS = 3

@@ -32,5 +32,9 @@ def op(name: str):
 
 
 def load_all() -> dict[str, callable]:
-    from . import devices, session, storage, task, vm  # noqa: F401  (registration)
+    from tinabs_tasks.sim.ops import devices
+    from tinabs_tasks.sim.ops import session
+    from tinabs_tasks.sim.ops import storage
+    from tinabs_tasks.sim.ops import task
+    from tinabs_tasks.sim.ops import vm# noqa: F401  (registration)
     return OPS

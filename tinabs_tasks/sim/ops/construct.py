@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import random
 
-from .. import wire
-from ..datamodel import NULL_REF, model
-from ..errors import XapiError, handle_invalid
+from tinabs_tasks.sim import wire
+from tinabs_tasks.sim.datamodel import NULL_REF, model
+from tinabs_tasks.sim.errors import XapiError, handle_invalid
 
 
 def ctor_fields(cls: str, args) -> dict:

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import re
 
-from ..datamodel import NULL_REF
-from ..errors import XapiError
-from . import Ctx, op, storage
-from .construct import ctor_fields, random_mac, require
+from tinabs_tasks.sim.datamodel import NULL_REF
+from tinabs_tasks.sim.errors import XapiError
+from tinabs_tasks.sim.ops import Ctx, op
+from tinabs_tasks.sim.ops import storage
+from tinabs_tasks.sim.ops.construct import ctor_fields, random_mac, require
 
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 _VBD_COPY = ("userdevice", "bootable", "mode", "type", "empty", "other_config", "qos_algorithm_type",

@@ -1,8 +1,8 @@
 """session.* and the pool/host messages a client asks right after login."""
 from __future__ import annotations
 
-from ..errors import XapiError
-from . import Ctx, op
+from tinabs_tasks.sim.errors import XapiError
+from tinabs_tasks.sim.ops import Ctx, op
 
 
 @op("session.login_with_password")

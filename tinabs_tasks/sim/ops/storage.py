@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import random
 
-from ..datamodel import NULL_REF
-from ..disks import SeededContent
-from ..errors import XapiError
-from ..tasks import now
-from . import Ctx, op
-from .construct import ctor_fields, require
+from tinabs_tasks.sim.datamodel import NULL_REF
+from tinabs_tasks.sim.disks import SeededContent
+from tinabs_tasks.sim.errors import XapiError
+from tinabs_tasks.sim.tasks import now
+from tinabs_tasks.sim.ops import Ctx, op
+from tinabs_tasks.sim.ops.construct import ctor_fields, require
 
 _COPIED_FIELDS = ("name_label", "name_description", "type", "sharable", "virtual_size", "other_config",
                   "xenstore_data", "tags", "on_boot", "allow_caching")

@@ -1,8 +1,8 @@
 """task.create / destroy / cancel (the rest are implicit accessors)."""
 from __future__ import annotations
 
-from ..errors import XapiError
-from . import Ctx, op
+from tinabs_tasks.sim.errors import XapiError
+from tinabs_tasks.sim.ops import Ctx, op
 
 
 @op("task.create")

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import uuid as uuidlib
 
-from .. import wire
-from ..datamodel import EPOCH, NULL_REF, model
-from ..errors import XapiError, bad_power_state
-from ..tasks import now
-from . import Ctx, devices, op, storage
-from .construct import ctor_fields, random_mac, require
+from tinabs_tasks.sim import wire
+from tinabs_tasks.sim.datamodel import EPOCH, NULL_REF, model
+from tinabs_tasks.sim.errors import XapiError, bad_power_state
+from tinabs_tasks.sim.tasks import now
+from tinabs_tasks.sim.ops import Ctx, op
+from tinabs_tasks.sim.ops import devices
+from tinabs_tasks.sim.ops import storage
+from tinabs_tasks.sim.ops.construct import ctor_fields, random_mac, require
 
 #: Reset on every new VM, snapshot and clone alike (xapi_vm_clone.ml copy_vm_record).
 _RESET_ON_COPY = {

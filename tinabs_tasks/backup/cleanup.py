@@ -1,0 +1,74 @@
+"""Stage 7 and compensation: remove what a run made on the pool, by marker.
+
+``run`` (after success): keeps the sr-copy VDI (marked keep), destroys the
+backup VM and every other VDI of the run.  Compensation (after a failure):
+everything of the run, the sr-copy VDI included, and every file of the run
+in the destination: a failed run leaves nothing, not even a half-made backup.  Both only look at
+markers and names, never at what a task remembers, so they are idempotent
+and safe from any worker, twice in a row, or after a crash.
+"""
+from __future__ import annotations
+
+import glob
+import os
+
+import XenAPI
+
+from tinabs_tasks.storage import destination
+from tinabs_tasks.xapi import markers
+
+
+def run(xapi, ctx: dict, report) -> dict:
+    x = xapi.x
+    vdis = markers.find_records(x, "VDI", ctx["run"])  # one scan serves the keep marking and the removal
+    for copy, rec in vdis.items():
+        other = rec["other_config"]
+        if other.get(markers.ROLE) == markers.Role.SYSTEM_COPY and other.get(markers.KEEP) != "true":
+            other[markers.KEEP] = "true"
+            x.VDI.set_other_config(copy, other)
+    remove_pool_objects(xapi, ctx["run"], vdis=vdis)
+    return ctx
+
+
+def remove_pool_objects(xapi, run: str, keep_kept: bool = True, vdis: dict | None = None) -> list[str]:
+    """Destroy the run's VMs (never started) and VDIs (but kept ones, unless told); returns what
+    this call destroyed.  Another compensation may be removing the same objects at the same time
+    (a redelivered duplicate): an object gone at any step counts as removed by the other one."""
+    x = xapi.x
+    removed = []
+    for vm in markers.find(x, "VM", run):
+        if _ignore_gone(x.VM.get_power_state, vm) not in ("Halted", _GONE):
+            _ignore_gone(x.VM.hard_shutdown, vm)
+        if _ignore_gone(x.VM.destroy, vm) is not _GONE:
+            removed.append(vm)
+    if vdis is None:
+        vdis = markers.find_records(x, "VDI", run)
+    for vdi, rec in vdis.items():
+        if keep_kept and rec["other_config"].get(markers.KEEP) == "true":
+            continue
+        if _ignore_gone(x.VDI.destroy, vdi) is not _GONE:  # VDI.destroy also drops detached VBD records
+            removed.append(vdi)
+    return removed
+
+
+def remove_files(ctx: dict, dest: str) -> list[str]:
+    """Every file of the run: partial, complete and manifest (manifest first: it makes a backup)."""
+    paths = destination.backup_paths(ctx, dest)
+    base = paths["manifest"][: -len(".json")]
+    found = [p for p in (paths["manifest"], paths["data"]) if os.path.exists(p)]
+    found += glob.glob(glob.escape(base) + "*.partial")
+    destination.remove_quietly(*found)
+    return found
+
+
+_GONE = object()
+
+
+def _ignore_gone(fn, ref):
+    """``fn(ref)``, or _GONE when the object no longer exists (another attempt got there first)."""
+    try:
+        return fn(ref)
+    except XenAPI.Failure as exc:
+        if exc.details[0] != "HANDLE_INVALID":
+            raise
+        return _GONE

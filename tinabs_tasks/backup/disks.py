@@ -1,0 +1,81 @@
+"""Stage 3: empty data disks like the original's, a CD drive if it had one,
+and (export mode) a writable clone of the system snapshot at userdevice 0.
+
+Creates: per data disk one VDI on the configured shared SR (same size, type,
+sharable, read_only) created with its markers (role data-disk:<userdevice>),
+and one VBD per device on the backup VM (same userdevice, mode, bootable).
+In export mode, a VDI.clone of the snapshot (role system-disk).
+Earlier attempt: VBDs already on the backup VM are skipped by userdevice;
+VDIs are found by their run-specific name.
+Undone by: cleanup / compensation (VM.destroy drops VBDs; VDIs by marker).
+"""
+from __future__ import annotations
+
+from tinabs_tasks.xapi.port import NULL_REF
+from tinabs_tasks.xapi import markers
+
+
+def run(xapi, ctx: dict, report) -> dict:
+    x = xapi.x
+    backup_vm = ctx["refs"]["backup_vm"]
+    taken = {x.VBD.get_userdevice(vbd) for vbd in x.VM.get_VBDs(backup_vm)}
+    shared_sr = xapi.sr_by_name_or_uuid(xapi.pool.shared_sr)
+    wanted = [x.VBD.get_record(vbd) for vbd in x.VM.get_VBDs(ctx["refs"]["source_vm"])]
+    wanted = [rec for rec in wanted if rec["userdevice"] not in taken and rec["userdevice"] != "0"]
+    # Every disk is started before any is waited for: the storage creates them side by side.
+    started = []
+    if ctx["mode"] == "export" and "0" not in taken:
+        started.append((x.VBD.get_record(ctx["refs"]["system_vbd"]), _start_system_clone(xapi, ctx)))
+    for rec in wanted:
+        if rec["type"] == "CD":
+            started.append((rec, (NULL_REF, None)))
+        elif rec["type"] == "Disk" and rec["VDI"] != NULL_REF:
+            started.append((rec, _start_empty_disk(xapi, shared_sr, rec, ctx)))
+    failure = None
+    for template, (vdi, task) in started:
+        try:
+            if task is not None:
+                vdi = xapi.finish(task)
+                if template["userdevice"] == "0":
+                    markers.mark(x, "VDI", vdi, ctx, markers.Role.SYSTEM_DISK, markers.name(ctx, "system disk"))
+            if template["userdevice"] == "0":
+                ctx["refs"]["system_disk"] = vdi
+            _attach(x, backup_vm, vdi, template, ctx)
+        except Exception as exc:  # finish waiting for the others, so none is left running unmarked
+            failure = failure or exc
+    if failure is not None:
+        raise failure
+    return ctx
+
+
+def _start_empty_disk(xapi, sr: str, vbd: dict, ctx: dict) -> tuple[str | None, str | None]:
+    """(existing VDI, None) if an earlier attempt made it, else (None, task creating it)."""
+    x = xapi.x
+    role = f"{markers.Role.DATA_DISK}:{vbd['userdevice']}"
+    label = markers.name(ctx, f"data {vbd['userdevice']}")
+    existing = markers.find_named(x, "VDI", label, ctx["run"])
+    if existing:
+        return existing, None
+    src = x.VDI.get_record(vbd["VDI"])
+    return None, xapi.start_async("VDI.create", {
+        "name_label": label, "name_description": src["name_description"], "SR": sr,
+        "virtual_size": str(src["virtual_size"]), "type": src["type"], "sharable": src["sharable"],
+        "read_only": src["read_only"], "other_config": markers.markers(ctx, role),
+        "sm_config": {}, "xenstore_data": {}, "tags": []})
+
+
+def _start_system_clone(xapi, ctx: dict) -> tuple[str | None, str | None]:
+    clone = markers.find_named(xapi.x, "VDI", markers.name(ctx, "system disk"), ctx["run"])
+    if clone is not None:
+        return clone, None
+    return None, xapi.start_async("VDI.clone", ctx["refs"]["snapshot"], {})
+
+
+def _attach(x, vm: str, vdi: str, template: dict, ctx: dict) -> str:
+    empty = vdi == NULL_REF
+    return x.VBD.create({
+        "VM": vm, "VDI": vdi, "userdevice": template["userdevice"], "bootable": template["bootable"],
+        "mode": "RO" if template["type"] == "CD" else template["mode"], "type": template["type"],
+        "empty": empty, "other_config": markers.markers(ctx, "vbd"),
+        "qos_algorithm_type": template["qos_algorithm_type"],
+        "qos_algorithm_params": template["qos_algorithm_params"], "unpluggable": template["unpluggable"]})

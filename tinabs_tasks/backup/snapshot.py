@@ -1,0 +1,84 @@
+"""Stage 1: a live snapshot of the VM's system disk (the VDI at userdevice 0).
+
+Creates: one VDI snapshot, marked (role system-snapshot) and named
+``[tinabs] <vm> system snapshot <run>``.
+Earlier attempt: a snapshot of the same system VDI carrying this run's marker
+or name is reused (``VDI.get_snapshots`` of the system disk, cheap).  The
+XAPI task of the snapshot carries the run's marker, so a snapshot whose
+worker died before marking it is found through its task and marked then.
+Undone by: cleanup / compensation (VDI.destroy by marker or name).  Until
+marked, a new snapshot carries only the system disk's own name, so one that
+cannot be marked is destroyed on the spot: nothing could find it later.
+"""
+from __future__ import annotations
+
+import logging
+
+import XenAPI
+
+from tinabs_tasks.xapi.port import NULL_REF
+from tinabs_tasks.xapi import markers
+from tinabs_tasks.backup.errors import Permanent
+from tinabs_tasks.backup.skeleton_fields import summary
+
+log = logging.getLogger("tinabs")
+
+
+def run(xapi, ctx: dict, report) -> dict:
+    x = xapi.x
+    try:
+        vm = x.VM.get_by_uuid(ctx["vm"]["uuid"])
+    except XenAPI.Failure as exc:
+        raise Permanent(f"pool `{xapi.pool.name}`: VM {ctx['vm']['name']} ({ctx['vm']['uuid']}) no longer "
+                        f"exists ({exc.details[0]})", exc.details[0]) from None
+    rec = x.VM.get_record(vm)
+    if rec["is_a_template"] or rec["is_a_snapshot"] or rec["is_control_domain"]:
+        raise Permanent(f"{ctx['vm']['name']} is a template, snapshot or control domain: not backed up",
+                        "VM_IS_TEMPLATE")
+    system_vbd = system_vdi = None
+    for vbd in rec["VBDs"]:
+        vbd_rec = x.VBD.get_record(vbd)
+        if vbd_rec["userdevice"] == "0" and vbd_rec["type"] == "Disk" and vbd_rec["VDI"] != NULL_REF:
+            system_vbd, system_vdi = vbd, vbd_rec["VDI"]
+    if system_vdi is None:
+        raise Permanent(f"{ctx['vm']['name']} has no system disk at userdevice 0", "NO_SYSTEM_DISK")
+    snap = _earlier_snapshot(x, system_vdi, ctx["run"])
+    if snap is None:
+        snap = _snapshot_of_earlier_task(xapi, ctx, report)
+    if snap is None:
+        snap = xapi.call_async_marked("VDI.snapshot", system_vdi, {}, run=ctx["run"], progress=report.fraction)
+        _mark_or_destroy(x, snap, ctx)
+    ctx["refs"].update(source_vm=vm, system_vbd=system_vbd, system_vdi=system_vdi, snapshot=snap)
+    ctx["skeleton"] = summary(x, rec)
+    return ctx
+
+
+def _earlier_snapshot(x, system_vdi: str, run: str) -> str | None:
+    for snap in x.VDI.get_snapshots(system_vdi):
+        if markers.is_ours(x.VDI.get_record(snap), run):
+            return snap
+    return None
+
+
+def _snapshot_of_earlier_task(xapi, ctx: dict, report) -> str | None:
+    """The snapshot an attempt that died while waiting started: finished, or waited for now."""
+    found = None
+    for snap in xapi.orphans_of(ctx["run"], progress=report.fraction):
+        if found is None:
+            found = snap
+            _mark_or_destroy(xapi.x, snap, ctx)
+        else:
+            xapi.x.VDI.destroy(snap)
+    return found
+
+
+def _mark_or_destroy(x, snap: str, ctx: dict) -> None:
+    try:
+        markers.mark(x, "VDI", snap, ctx, markers.Role.SYSTEM_SNAPSHOT, markers.name(ctx, "system snapshot"))
+    except BaseException:
+        try:
+            x.VDI.destroy(snap)
+        except Exception as exc:  # the original failure is the one to report and classify
+            log.warning("run %s: could not remove unmarked snapshot %s of %s: %s", ctx["run"], snap,
+                        ctx["vm"]["name"], exc)
+        raise

@@ -1,1 +1,0 @@
-"""One module per `tinabs` subcommand; each exposes add_arguments(parser) and run(args)."""

@@ -1,0 +1,1 @@
+"""Running tinabs' pieces on one machine: the demo and what the benchmarks share."""

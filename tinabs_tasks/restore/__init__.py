@@ -1,0 +1,1 @@
+"""Restoring a backup into a pool, and the restore test (health check)."""

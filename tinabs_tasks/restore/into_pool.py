@@ -1,0 +1,562 @@
+"""Restoring a backup into a pool, and the restore test (health check).
+
+Plain functions over the Xapi port; ``tasks_restore`` and ``commands.restore``
+are thin wrappers.
+
+Before anything reaches a pool, ``load_backup`` checks the backup (on the command's host
+and again on the worker): a complete catalog entry inside the destination, a mode that
+fits its file, and tar headers and ova.xml fit for an XVA (``check_archive``: no
+absolute or ``..`` names, no links, devices or extension headers, exactly one VM).
+Names read from the backup are data: they go to the pool with what XML cannot carry
+replaced (``plain``), and never into a path.
+
+Export backups (``.xva``): ``PUT /import`` of the file (Content-Length, never
+chunked) with a task, into ``--sr`` (else the pool's ``shared_sr``, else the
+pool's default SR).
+
+sr-copy backups (``.metadata.xva`` + the kept copy on the backup SR):
+``PUT /import_metadata`` with ``vdi:<uuid in ova.xml>=<new vdi uuid>``.  The
+kept copy is never attached nor modified: with ``--sr`` it is ``VDI.copy``-ed
+to that SR; without, it is ``VDI.clone``-d on the backup SR (copy-on-write on
+real SRs: instant, and the kept copy stays read-only history) and the VM is
+mapped to the clone.  The data disks (empty recreations in every backup) are
+created empty, same size and type, on ``--sr``/``shared_sr``/default SR.
+
+After the import, what xapi resets on import (FACTS.md §4: ``order``,
+``start_delay``, ``shutdown_delay``, ``ha_always_run``) is re-applied from the
+manifest's skeleton (ova.xml as fallback).  ``ha_always_run`` is deprecated:
+xapi turns ``set_ha_always_run`` into a restart-priority change and sets the
+field itself when a protected VM starts, so it is re-applied only when it was
+true, followed by the recorded ``ha_restart_priority``.
+
+Defaults that avoid outages: the VM is not started; it is named
+``<name> (restored <UTC stamp>)``; it gets new MACs when the original VM (by
+uuid) still exists in the pool (``restore=false``), the original MACs
+otherwise (``restore=true``).  ``macs="keep"``/``"new"`` overrides.
+
+Leaving nothing behind: every object a restore makes is marked with the
+restore run id (``tinabs:run``, role ``restored-*``) right after it exists;
+the imported VM comes with the *backup* run's markers, which are replaced at
+once.  On any failure the run's objects are removed by marker (and the VMs
+the import returned, in case marking itself failed); a failed import rolls
+back its own objects (xapi, and the simulator, unless ``force``).  The kept
+sr-copy VDI is never destroyed: it is protected by uuid and by its keep
+marker.  On success the markers are removed (the VM is a user VM now, not
+litter) and ``tinabs:restore-run`` / ``tinabs:restored-from`` record where it
+came from; the restore-run key also makes a redelivered task return the VM
+restored by its first delivery instead of importing twice.  Known window: a
+process killed between an import (or a VDI.clone) finishing and its marking
+leaves that object unmarked; it still carries the backup run's name
+(``[tinabs] ... <backup run>``) and markers.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import uuid as uuidlib
+import xmlrpc.client
+
+import XenAPI
+
+from tinabs_tasks.storage import catalog
+from tinabs_tasks.storage import destination
+from tinabs_tasks.storage import verify
+from tinabs_tasks.storage import xva_headers
+from tinabs_tasks.xapi import markers
+from tinabs_tasks.xapi import upload
+from tinabs_tasks.xapi.port import NULL_REF
+
+RESTORE_RUN = "tinabs:restore-run"
+RESTORED_FROM = "tinabs:restored-from"
+MACS = ("auto", "keep", "new")
+#: what a pool's import task says when our upload was cut: nothing the cut itself does not say
+ECHOES_OF_A_CUT = {"IMPORT_ERROR_PREMATURE_EOF", "CLIENT_ERROR"}
+
+
+class Role:
+    VM = "restored-vm"
+    DISK = "restored-disk"          # + ":<userdevice>"
+    VBD = "restored-vbd"
+    NETWORK = "restored-network"    # a network the import had to create
+    TEST_NETWORK = "restore-test-network"
+
+
+class BadBackup(ValueError):
+    """The named backup cannot be restored (not found, outside the destination, incomplete)."""
+
+
+class RestoreFailed(Exception):
+    """A restore that cannot succeed, with the reason for the user (permanent)."""
+
+
+def new_run_id() -> str:
+    return "r" + uuidlib.uuid4().hex[:11]
+
+
+# -- the backup ----------------------------------------------------------------
+def load_backup(dest: str, path: str) -> dict:
+    """The backup at ``path`` (data file or manifest), which must be a complete catalog entry
+    inside ``dest``: {"manifest_path", "path", "mode", "manifest"}."""
+    try:
+        manifest_path = catalog.resolve(dest, path)
+    except catalog.NotABackup as exc:
+        raise BadBackup(str(exc)) from None
+    vm_dir = os.path.dirname(manifest_path)
+    pool_dir = os.path.basename(os.path.dirname(vm_dir))
+    found = [b for b in catalog.scan(dest, pool=pool_dir, vm=os.path.basename(vm_dir), include_incomplete=True)
+             if b.manifest_path and os.path.realpath(b.manifest_path) == manifest_path]
+    if not found:
+        raise BadBackup(f"{path}: no manifest {os.path.basename(manifest_path)} in the catalog "
+                        "(not a finished backup)")
+    entry = found[0]
+    if not entry.complete:
+        raise BadBackup(f"{path}: backup is {entry.status}; it cannot be restored")
+    manifest = destination.read_manifest(entry.manifest_path)
+    if not isinstance(manifest, dict):
+        raise BadBackup(f"{path}: its manifest cannot be read")
+    suffix = ".metadata.xva" if entry.mode == "sr-copy" else ".xva"
+    if entry.mode not in ("export", "sr-copy") or not entry.path.endswith(suffix) \
+            or (entry.mode == "export" and entry.path.endswith(".metadata.xva")):
+        raise BadBackup(f"{path}: manifest mode {entry.mode!r} does not fit data file "
+                        f"{os.path.basename(entry.path)}; it cannot be restored")
+    if entry.mode == "sr-copy" and not manifest.get("copied_vdis"):
+        raise BadBackup(f"{path}: sr-copy manifest names no copied disk")
+    check_archive(entry.path)
+    return {"manifest_path": entry.manifest_path, "path": entry.path, "mode": entry.mode, "manifest": manifest}
+
+
+def check_archive(path: str) -> None:
+    """Refuse an XVA whose tar headers or ova.xml are unsafe or broken before a byte of it goes to a
+    pool: members with absolute or ``..`` names, links, devices, tar extension headers (xapi
+    writes none), ova.xml not first or not one VM.  Reads only headers and ova.xml."""
+    try:
+        problems = xva_headers.header_problems(path)
+    except (OSError, ValueError) as exc:
+        raise BadBackup(f"{path}: cannot be read ({exc})") from None
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise BadBackup(f"{path}: refused, not a well-formed XVA: {problems[0]}{more} — "
+                        f"`tinabs verify {path}` lists every problem")
+    ova_objects(read_ova(path))
+
+
+def read_ova(path: str) -> dict:
+    """The decoded ova.xml (the first tar member) of an XVA or metadata XVA."""
+    with destination.open_regular(path) as fh:
+        head = fh.read(512)
+        if len(head) < 512:
+            raise BadBackup(f"{path}: too short for an XVA")
+        name = head[:100].split(b"\0", 1)[0].decode(errors="replace")
+        if name != "ova.xml":
+            raise BadBackup(f"{path}: first member is {name!r}, not ova.xml")
+        try:
+            size = int(head[124:136].strip(b"\0 ") or b"0", 8)
+        except ValueError:
+            raise BadBackup(f"{path}: the ova.xml tar header has no valid size") from None
+        if size > verify.MAX_OVA_XML:
+            raise BadBackup(f"{path}: ova.xml claims {size} bytes, too large to be an XVA header")
+        data = fh.read(size)
+    try:
+        text = data.decode("utf-8")
+        if not text.lstrip().startswith("<value>"):
+            raise ValueError(f"it does not start with <value> ({text[:40]!r})")
+        doc = f"<methodResponse><params><param>{text}</param></params></methodResponse>"
+        (value,), _ = xmlrpc.client.loads(doc)
+    except Exception as exc:  # expat, UnicodeDecodeError, ValueError: all mean "not an ova.xml"
+        raise BadBackup(f"{path}: ova.xml is not parseable: {exc}") from None
+    return value
+
+
+def ova_objects(ova: dict) -> tuple[dict, dict[str, dict]]:
+    """(the VM's record, id -> object) of an ova.xml; the VM is the non-snapshot one."""
+    objects = ova.get("objects") if isinstance(ova, dict) else None
+    if not isinstance(objects, list) or not all(
+            isinstance(o, dict) and isinstance(o.get("snapshot"), dict) and "class" in o and "id" in o
+            for o in objects):
+        raise BadBackup("ova.xml is not a struct with an `objects` array of {class, id, snapshot}")
+    by_id = {o["id"]: o for o in objects}
+    vms = [o for o in objects if o["class"] == "VM" and not _true(o["snapshot"].get("is_a_snapshot"))]
+    if len(vms) != 1:
+        raise BadBackup(f"ova.xml holds {len(vms)} VMs, expected 1")
+    return vms[0], by_id
+
+
+# -- restore -------------------------------------------------------------------
+def restore(xapi, backup: dict, *, sr: str | None = None, name: str | None = None, macs: str = "auto",
+            start: bool = False, run: str | None = None, report=None, keep_markers: bool = False) -> dict:
+    """Restore ``backup`` (from load_backup) into xapi's pool; returns what was made.
+
+    Raises on failure after removing everything this run made.
+    """
+    if macs not in MACS:
+        raise ValueError(f"macs must be one of {MACS}")
+    run = run or new_run_id()
+    report = report or (lambda **_: None)
+    x = xapi.x
+    m = backup["manifest"]
+    if not keep_markers:
+        done = _already_restored(xapi, run)
+        if done is not None:
+            return done
+    protect = {c["uuid"] for c in m.get("copied_vdis", [])}
+    ctx = {"run": run, "job": "restore", "vm": {"uuid": plain(m["vm"]["uuid"]), "name": plain(m["vm"]["name"])}}
+    imported: list[str] = []
+    try:
+        # what an earlier delivery of this run left, including what its XAPI tasks made after it died
+        remove(xapi, run, protect=protect, extra_vms=_remove_orphan_vdis(xapi, run, protect))
+        ova = read_ova(backup["path"])
+        ova_vm, by_id = ova_objects(ova)
+        keep_macs, mac_reason = _mac_policy(xapi, m, macs)
+        networks_before = set(x.network.get_all())
+        report(stage="import", progress=0.0)
+        if backup["mode"] == "export":
+            imported = _import_xva(xapi, backup, sr, keep_macs, run, report)
+        else:
+            imported = _import_metadata(xapi, backup, ova_vm, by_id, sr, keep_macs, ctx, protect, report)
+        vm = _the_vm(x, imported)
+        _mark(x, "VM", vm, ctx, Role.VM)
+        report(stage="fix-up", progress=1.0)
+        disks = _adopt_devices(x, vm, ctx, m)
+        _adopt_networks(x, vm, ctx, networks_before)
+        ha = reapply_reset_fields(x, vm, m.get("skeleton", {}).get("ha"), ova_vm["snapshot"])
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+        label = name or f"{plain(m['vm']['name'])} (restored {stamp})"
+        x.VM.set_name_label(vm, label)
+        if start:
+            report(stage="start")
+            xapi.call_async("VM.start", vm, False, False)
+        result = {
+            "run": run, "pool": xapi.pool.name, "vm": vm, "uuid": x.VM.get_uuid(vm), "name": label,
+            "backup": backup["manifest_path"], "mode": backup["mode"], "source_vm": m["vm"],
+            "macs": "kept" if keep_macs else "new", "mac_reason": mac_reason,
+            "ha_reapplied": ha, "disks": disks, "started": bool(start),
+            "power_state": x.VM.get_power_state(vm),
+        }
+        if not keep_markers:
+            _finalise(x, vm, run, m)
+        report(stage="done", progress=1.0)
+        return result
+    except BaseException:
+        try:
+            remove(xapi, run, protect=protect, extra_vms=imported)
+        except Exception:  # the original failure is the one to report
+            pass
+        raise
+
+
+def _already_restored(xapi, run: str) -> dict | None:
+    """A VM an earlier delivery of this run finished (a redelivered task must not import twice)."""
+    x = xapi.x
+    for ref, rec in x.VM.get_all_records().items():
+        other = rec.get("other_config", {})
+        if other.get(RESTORE_RUN) == run and markers.RUN not in other:
+            return {"run": run, "pool": xapi.pool.name, "vm": ref, "uuid": rec["uuid"], "name": rec["name_label"],
+                    "power_state": rec["power_state"], "already": True}
+    return None
+
+
+def _mac_policy(xapi, m: dict, macs: str) -> tuple[bool, str]:
+    if macs == "keep":
+        return True, "asked to keep the original MACs"
+    if macs == "new":
+        return False, "asked for new MACs"
+    try:
+        xapi.x.VM.get_by_uuid(plain(m["vm"]["uuid"]))
+    except XenAPI.Failure:
+        return True, "the original VM is not in this pool"
+    return False, "the original VM still exists in this pool (same MACs would clash on the network)"
+
+
+def _target_sr(xapi, sr: str | None) -> str | None:
+    """--sr, else the pool's shared_sr, else None (the pool's default SR)."""
+    wanted = sr or xapi.pool.shared_sr
+    return xapi.sr_by_name_or_uuid(wanted) if wanted else None
+
+
+def _default_sr(xapi) -> str:
+    x = xapi.x
+    sr = x.pool.get_default_SR(x.pool.get_all()[0])
+    if sr == NULL_REF:
+        raise RestoreFailed(f"pool `{xapi.pool.name}` has no default SR; give --sr")
+    return sr
+
+
+def _put(xapi, handler: str, query: dict, path: str, run: str, report) -> list[str]:
+    """PUT ``path`` to ``handler`` under a task; returns the imported VM refs; the pool's own
+    reason (task error_info) when it fails."""
+    x = xapi.x
+    task = x.task.create(f"tinabs restore {run}", "")
+    size = os.path.getsize(path)
+    try:
+        xapi.mark_task(task, run, transfer=True)  # an import that ends after this worker died: found again
+        try:
+            upload.put_file(xapi.base_url, handler, {**query, "session_id": xapi.handle, "task_id": task}, path,
+                            xapi.session.context,
+                            progress=lambda n: report(stage="import", bytes=n, total=size))
+        except Exception as exc:  # a cut or an HTTP error: the task says why
+            cut = isinstance(exc, (upload.UploadCut, OSError, ConnectionError))
+            reason = xapi.task_error(task, wait_s=10 if cut else 2)
+            if reason and reason[0] in ECHOES_OF_A_CUT:
+                # the pool only says the body ended early: the cut is the reason, and worth a retry
+                raise upload.UploadCut(f"the pool got part of the upload only ({reason[0]})") from exc
+            if reason and reason[0] == "SESSION_AUTHENTICATION_FAILED":
+                # the handler refused a session XML-RPC accepted a moment ago (it expired): log in again
+                raise XenAPI.Failure(["SESSION_INVALID", *reason[1:]]) from exc
+            if reason:
+                raise XenAPI.Failure(reason) from exc
+            raise
+        try:
+            result = xapi.wait_task(task, progress=lambda f: report(stage="import", progress=f))
+        except XenAPI.Failure as exc:  # the body went out whole into the socket, but was cut on the way
+            if exc.details and exc.details[0] in ECHOES_OF_A_CUT:
+                raise upload.UploadCut(f"the pool got part of the upload only ({exc.details[0]})") from exc
+            raise
+    finally:
+        xapi._destroy_task(task)
+    refs = result if isinstance(result, list) else [r for r in str(result).split(",") if r]
+    if not refs:
+        raise RestoreFailed("the import created no VM")
+    return refs
+
+
+def _import_xva(xapi, backup: dict, sr: str | None, keep_macs: bool, run: str, report) -> list[str]:
+    query = {"restore": "true" if keep_macs else "false"}
+    target = _target_sr(xapi, sr)
+    if target:
+        query["sr_id"] = target
+    return _put(xapi, "/import", query, backup["path"], run, report)
+
+
+def _import_metadata(xapi, backup: dict, ova_vm: dict, by_id: dict, sr: str | None, keep_macs: bool,
+                     ctx: dict, protect: set[str], report) -> list[str]:
+    x = xapi.x
+    m = backup["manifest"]
+    kept_uuid = m["copied_vdis"][0]["uuid"]
+    try:
+        kept = x.VDI.get_by_uuid(kept_uuid)
+    except XenAPI.Failure:
+        raise RestoreFailed(f"the backup's system disk copy {kept_uuid} is no longer on the pool "
+                            f"`{xapi.pool.name}` (backup SR {m.get('backup_sr', {}).get('name', '?')})") from None
+    names = {d["userdevice"]: d.get("name") for d in m.get("skeleton", {}).get("disks", [])}
+    target = _target_sr(xapi, sr) or _default_sr(xapi)
+    vdi_map: dict[str, str] = {}
+    for vbd_id in ova_vm["snapshot"].get("VBDs", []):
+        vbd = by_id.get(vbd_id, {}).get("snapshot")
+        if not vbd or vbd.get("VDI") in (None, NULL_REF) or vbd["VDI"] not in by_id:
+            continue  # an empty CD drive
+        vdi_rec = by_id[vbd["VDI"]]["snapshot"]
+        device = vbd["userdevice"]
+        role = f"{Role.DISK}:{device}"
+        if vdi_rec.get("uuid") == kept_uuid:
+            report(stage="copy" if sr else "clone", progress=0.0)
+            if sr:  # a copy on the production SR; the kept copy is only read
+                new = xapi.call_async_marked("VDI.copy", kept, xapi.sr_by_name_or_uuid(sr), run=ctx["run"],
+                                             progress=lambda f: report(stage="copy", progress=f))
+            else:   # a clone beside the kept copy: the kept copy is never attached or written
+                new = xapi.call_async_marked("VDI.clone", kept, {}, run=ctx["run"])
+            _mark(x, "VDI", new, ctx, role)
+        elif vbd.get("type") == "CD":
+            continue
+        else:  # a data disk: recreated empty, as in every backup
+            new = xapi.call_async("VDI.create", {
+                "name_label": names.get(device) or vdi_rec.get("name_label", ""),
+                "name_description": vdi_rec.get("name_description", ""), "SR": target,
+                "virtual_size": str(vdi_rec["virtual_size"]), "type": vdi_rec.get("type", "user"),
+                "sharable": _true(vdi_rec.get("sharable")), "read_only": False,
+                "other_config": {**_unmarked(vdi_rec.get("other_config", {})), **markers.markers(ctx, role)},
+                "sm_config": {}, "xenstore_data": {}, "tags": []})
+        vdi_map[f"vdi:{vdi_rec['uuid']}"] = x.VDI.get_uuid(new)
+    query = {"restore": "true" if keep_macs else "false", **vdi_map}
+    return _put(xapi, "/import_metadata", query, backup["path"], ctx["run"], report)
+
+
+def _remove_orphan_vdis(xapi, run: str, protect: set[str]) -> list[str]:
+    """Destroy the disks that tasks of a dead delivery made (clones, copies); return its VMs (imports)."""
+    x = xapi.x
+    vms = []
+    for ref in xapi.orphans_of(run):
+        try:
+            x.VM.get_uuid(ref)
+            vms.append(ref)
+            continue
+        except XenAPI.Failure:
+            pass
+        try:
+            if x.VDI.get_uuid(ref) not in protect:
+                x.VDI.destroy(ref)
+        except XenAPI.Failure:  # gone already
+            continue
+    return vms
+
+
+def _the_vm(x, refs: list[str]) -> str:
+    vms = [r for r in refs if not x.VM.get_is_a_snapshot(r)]
+    return (vms or refs)[0]
+
+
+def _unmarked(other: dict) -> dict:
+    return {k: v for k, v in other.items() if not k.startswith("tinabs:")}
+
+
+def _mark(x, cls: str, ref: str, ctx: dict, role: str) -> None:
+    """Replace any tinabs keys (the backup run's, tinabs:keep of a clone) with this run's markers."""
+    api = getattr(x, cls)
+    api.set_other_config(ref, {**_unmarked(api.get_other_config(ref)), **markers.markers(ctx, role)})
+
+
+def _adopt_devices(x, vm: str, ctx: dict, m: dict) -> list[dict]:
+    """Mark the VM's VBDs and disks with this run; give the disks the original's names."""
+    names = {d["userdevice"]: d.get("name") for d in m.get("skeleton", {}).get("disks", [])}
+    disks = []
+    for vbd in x.VM.get_VBDs(vm):
+        rec = x.VBD.get_record(vbd)
+        _mark(x, "VBD", vbd, ctx, Role.VBD)
+        if rec["VDI"] == NULL_REF:
+            continue
+        _mark(x, "VDI", rec["VDI"], ctx, f"{Role.DISK}:{rec['userdevice']}")
+        if names.get(rec["userdevice"]):
+            x.VDI.set_name_label(rec["VDI"], names[rec["userdevice"]])
+        disks.append({"userdevice": rec["userdevice"], "uuid": x.VDI.get_uuid(rec["VDI"]),
+                      "virtual_size": int(x.VDI.get_virtual_size(rec["VDI"])),
+                      "SR": x.SR.get_name_label(x.VDI.get_SR(rec["VDI"]))})
+    return sorted(disks, key=lambda d: d["userdevice"])
+
+
+def _adopt_networks(x, vm: str, ctx: dict, before: set[str]) -> None:
+    for vif in x.VM.get_VIFs(vm):
+        net = x.VIF.get_network(vif)
+        if net not in before:
+            _mark(x, "network", net, ctx, Role.NETWORK)
+
+
+def reapply_reset_fields(x, vm: str, ha: dict | None, ova_rec: dict) -> dict:
+    """Set again what import resets (FACTS.md §4): order, start_delay, shutdown_delay, ha_always_run."""
+    source = dict(ha or {})
+    for key in ("order", "start_delay", "shutdown_delay", "ha_always_run", "ha_restart_priority"):
+        source.setdefault(key, ova_rec.get(key))
+    applied = {}
+    for key in ("order", "start_delay", "shutdown_delay"):
+        value = int(source.get(key) or 0)
+        getattr(x.VM, f"set_{key}")(vm, str(value))
+        applied[key] = value
+    always = _true(source.get("ha_always_run"))
+    if always:  # deprecated setter: xapi makes it a restart-priority change
+        x.VM.set_ha_always_run(vm, True)
+        applied["ha_always_run"] = True
+    priority = source.get("ha_restart_priority")
+    if priority is not None and x.VM.get_ha_restart_priority(vm) != priority:
+        x.VM.set_ha_restart_priority(vm, priority)
+    applied["ha_restart_priority"] = x.VM.get_ha_restart_priority(vm)
+    return applied
+
+
+def _finalise(x, vm: str, run: str, m: dict) -> None:
+    """The restore succeeded: its objects are the user's now, not tinabs litter (VM last)."""
+    origin = plain(f"{m.get('pool')}/{m['vm']['uuid']}/{m.get('run')}")
+    for cls in ("VBD", "VDI", "network"):
+        for ref in markers.find(x, cls, run):
+            getattr(x, cls).set_other_config(ref, _unmarked(getattr(x, cls).get_other_config(ref)))
+    x.VM.set_other_config(vm, {**_unmarked(x.VM.get_other_config(vm)), RESTORE_RUN: run, RESTORED_FROM: origin})
+
+
+# -- removal -------------------------------------------------------------------
+def remove(xapi, run: str, protect: set[str] = frozenset(), extra_vms=()) -> list[str]:
+    """Destroy every object of restore run ``run``: its VMs (shut down first) with their disks,
+    VDIs, VBDs and networks by marker.  Never a VDI in ``protect`` (uuids) or marked keep by
+    another run.  Idempotent; returns what this call destroyed."""
+    x = xapi.x
+    removed = []
+    vms = list(dict.fromkeys([*markers.find(x, "VM", run), *extra_vms]))
+    for vm in vms:
+        try:
+            rec = x.VM.get_record(vm)
+        except XenAPI.Failure:
+            continue
+        if rec["power_state"] != "Halted":
+            _quiet(x.VM.hard_shutdown, vm)
+        disks = []
+        for vbd in rec["VBDs"]:
+            try:
+                vdi = x.VBD.get_VDI(vbd)
+                if vdi != NULL_REF:
+                    disks.append((vdi, x.VDI.get_record(vdi)))
+            except XenAPI.Failure:
+                continue
+        if _quiet(x.VM.destroy, vm):
+            removed.append(vm)
+        for vdi, vrec in disks:
+            other = vrec.get("other_config", {})
+            ours = other.get(markers.RUN) == run
+            if vrec["uuid"] in protect or (not ours and other.get(markers.KEEP) == "true"):
+                continue
+            if _quiet(x.VDI.destroy, vdi):
+                removed.append(vdi)
+    for vdi, vrec in markers.find_records(x, "VDI", run).items():
+        if vrec["uuid"] in protect:
+            continue
+        if _quiet(x.VDI.destroy, vdi):
+            removed.append(vdi)
+    for cls in ("VIF", "VBD"):
+        for ref in markers.find(x, cls, run):
+            if _quiet(getattr(x, cls).destroy, ref):
+                removed.append(ref)
+    for net in markers.find(x, "network", run):
+        for vif in x.network.get_VIFs(net):  # VIFs of other VMs are never ours to move: stop
+            raise RestoreFailed(f"network {net} of run {run} still has VIF {vif}")
+        if _quiet(x.network.destroy, net):
+            removed.append(net)
+    return removed
+
+
+def _quiet(fn, ref) -> bool:
+    """``fn(ref)``; False when the object is already gone."""
+    try:
+        fn(ref)
+        return True
+    except XenAPI.Failure as exc:
+        if exc.details and exc.details[0] == "HANDLE_INVALID":
+            return False
+        raise
+
+
+def name_problem(name: str) -> str | None:
+    """Why a name given for a restored VM cannot be used (None if it can): a name is one line of
+    text, so no control character at all (tab and newline included), and not blank."""
+    if not name.strip():
+        return "needs a non-empty value"
+    if any(c < " " or "\x7f" <= c <= "\x9f" for c in name) or plain(name) != name:
+        return "must not contain control characters"
+    return None
+
+
+def plain(text) -> str:
+    """``text`` with what XML 1.0 cannot carry (NUL and other C0 controls but tab and newlines,
+    surrogates, U+FFFE/U+FFFF) replaced by U+FFFD: a name read from a manifest may hold anything,
+    and XML-RPC would send it as a document the pool cannot parse."""
+    return "".join("\ufffd" if (c < " " and c not in "\t\n\r") or "\ud800" <= c <= "\udfff"
+                   or c in "\ufffe\uffff" else c for c in str(text))
+
+
+def _true(value) -> bool:
+    return value is True or value in ("true", "1", 1)
+
+
+# -- entry points for tasks and commands -----------------------------------------
+def _xapi_for(cfg, pool: str):
+    from tinabs_tasks.xapi import connect
+    from tinabs_tasks.xapi.port import Xapi
+    return Xapi(connect.session_for(cfg.pool(pool)))
+
+
+def run_restore(cfg, backup_path: str, pool: str, *, sr: str | None = None, name: str | None = None,
+                macs: str = "auto", start: bool = False, run: str | None = None, report=None) -> dict:
+    backup = load_backup(cfg.destination, backup_path)
+    check_pool(backup, pool)
+    return restore(_xapi_for(cfg, pool), backup, sr=sr, name=name, macs=macs, start=start, run=run, report=report)
+
+
+def check_pool(backup: dict, pool: str) -> None:
+    """sr-copy backups live partly on their pool's backup SR: they restore only there."""
+    if backup["mode"] == "sr-copy" and backup["manifest"].get("pool") != pool:
+        raise BadBackup(f"an sr-copy backup restores only into its own pool "
+                        f"`{backup['manifest'].get('pool')}` (its disk is on that pool's backup SR)")

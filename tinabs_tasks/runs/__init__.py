@@ -1,0 +1,1 @@
+"""Run coordination in Redis: the run store, leases, locks, abort, progress, the stuck-run sweep."""

@@ -1,0 +1,1 @@
+"""When beat starts what: schedule times and beat's scheduler."""

@@ -1,0 +1,1 @@
+"""What is on disk: the destination, manifests, the catalog, verify, retention, prune, janitor."""

@@ -1,0 +1,1 @@
+"""The Celery entry points: thin tasks over backup, restore and the upkeep."""
