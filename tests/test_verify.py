@@ -366,7 +366,7 @@ def test_verifying_a_512_mib_disk_backup_stays_small(fresh_sim, tmp_path):
                 H.guest_write(sim, vdi["uuid"], mib * MiB + 4096, b"x%d" % mib)
     manifest = make_backup(sim, x, vm, tmp_path / "big", "20250101T000000Z-big")
     size = data_of(manifest).stat().st_size
-    code = ("import json, resource, sys; from tinabs_tasks.verify import verify_backup; "
+    code = ("import json, resource, sys; from tinabs_tasks.storage.verify import verify_backup; "
             "r = verify_backup(sys.argv[1]); "
             "print(json.dumps({'ok': r.ok, 'problems': r.problems, 'chunks': r.chunks, "
             "'rss_kb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))")
@@ -497,7 +497,7 @@ def test_a_fifo_as_data_file_fails_at_once_instead_of_hanging(backup):
     data = data_of(manifest)
     data.unlink()
     os.mkfifo(data)  # opened for reading, a FIFO without a writer blocks forever
-    code = ("import json, sys; from tinabs_tasks.verify import verify_backup; "
+    code = ("import json, sys; from tinabs_tasks.storage.verify import verify_backup; "
             "print(json.dumps(verify_backup(sys.argv[1]).problems))")
     proc = subprocess.run([sys.executable, "-c", code, str(manifest)], capture_output=True, text=True,
                           timeout=20, cwd=ROOT)

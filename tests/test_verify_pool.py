@@ -50,7 +50,7 @@ def test_the_verify_task_checks_recent_backups_on_a_worker(deployment):
     import sys
 
     run = _one_backup(deployment, "export")
-    script = ("import json; from tinabs_tasks.tasks_upkeep import verify_task; "
+    script = ("import json; from tinabs_tasks.tasks.upkeep import verify_task; "
               "print(json.dumps(verify_task.delay(since_h=1).get(timeout=120)))")
     proc = subprocess.run([sys.executable, "-c", script], env=deployment.env, capture_output=True, text=True,
                           timeout=180)
