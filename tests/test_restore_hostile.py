@@ -286,8 +286,8 @@ def test_a_worker_refuses_a_hostile_archive_sent_to_it_directly(deployment, orig
     transform, _, _ = _cases(outside)["symlink-member"]
     planted = plant(dep, transform(origin["data"]), origin["manifest"])
     before_world, before_pool = world(dep, outside), counts(dep.sim, POOL)
-    code = ("import sys; from tinabs_tasks.tasks.restore import send_restore\n"
-            "r = send_restore(sys.argv[1], sys.argv[2], {}, 'rhostile1')\n"
+    code = ("import sys; from tinabs_tasks.runs.requests import restore\n"
+            "r = restore(sys.argv[1], sys.argv[2], {}, 'rhostile1')\n"
             "try:\n    r.get(timeout=60)\nexcept Exception as exc:\n    print('FAILED', exc)\n")
     proc = subprocess.run([sys.executable, "-c", code, POOL, str(planted["data"])], env=dep.env,
                           capture_output=True, text=True, timeout=90)

@@ -1,10 +1,17 @@
-"""The Celery app and every Celery setting tinabs relies on, in one place.
+"""The Celery app and every Celery setting tinabs relies on, in one place: routing, priorities and
+time limits included.
 
 Invariants (tested): tasks are acknowledged late and re-queued if their worker
 dies, a worker reserves one task at a time, and Redis' visibility timeout (set
 in all three places Celery reads it) exceeds the longest hard time limit plus
 the longest retry countdown, so a long export is never redelivered while its
 worker is alive.
+
+Routing: no send site names a queue.  ``route`` (the app's one router) sends every task that
+belongs to a pool to ``tinabs.pool.<pool>`` (where that pool's credentials are), the rest to the
+default queue ``tinabs``, and gives each its Redis priority (0 is served first: plan and
+compensation, then later backup stages before earlier ones, so workers finish the chains they
+started and exports begin early).  Time limits come from ``TimeLimits``, by task name.
 """
 from __future__ import annotations
 
@@ -26,6 +33,82 @@ RETRY_JITTER_MAX = 1.5
 RESTORE_LOCK_MIN_S = 3
 #: about two minutes of retries, for publishing and for storing results
 PUBLISH_RETRY = {"max_retries": 60, "interval_start": 0, "interval_step": 0.5, "interval_max": 2}
+
+
+#: where a task's pool is in its arguments; tasks not named here are no one pool's (default queue)
+_POOL_FIRST = ("tinabs.restore", "tinabs.restore_test", "tinabs.prune_vm", "tinabs.janitor", "tinabs.inventory",
+               "tinabs.preview", "tinabs.verify_backup")
+#: tasks that are no backup stage: (priority, time limit kind)
+_TASKS = {
+    "tinabs.plan": (0, "stage"), "tinabs.compensate": (0, "stage"), "tinabs.restore": (0, "long"),
+    "tinabs.restore_test": (0, "long"), "tinabs.scheduled_backup": (0, "stage"), "tinabs.inventory": (0, "ask"),
+    "tinabs.preview": (0, "ask"), "tinabs.verify_backup": (0, "long"), "tinabs.prune_vm": (1, "stage"),
+    "tinabs.prune": (1, "stage"), "tinabs.janitor": (1, "stage"), "tinabs.janitor_all": (1, "stage"),
+    "tinabs.verify": (1, "long"), "tinabs.report": (1, "report"),
+}
+#: a console question nobody answers within this is shown as unanswered (the console waits less)
+ASK_TIME_LIMIT_S = 60
+#: a report channel times out within a few minutes; a delivery round fits in this
+REPORT_TIME_LIMIT_S = 600
+
+
+def queue_of(pool: str) -> str:
+    return f"tinabs.pool.{pool}"
+
+
+def pool_of(name: str, args) -> str | None:
+    """The pool a task belongs to, from its arguments (None: no one pool's)."""
+    args = tuple(args or ())
+    if name == "tinabs.plan":
+        return args[1] if len(args) > 1 else None
+    if name in _POOL_FIRST:
+        return args[0] if args else None
+    if name == "tinabs.compensate" or _stage(name) is not None:
+        return args[0].get("pool") if args and isinstance(args[0], dict) else None
+    return None
+
+
+def _stage(name: str):
+    """The backup stage a task name is (None for other tasks); the table is read only when a stage is."""
+    if not name.startswith("tinabs.") or name in _TASKS:
+        return None
+    from tinabs_tasks.backup.table import STAGES  # only workers send stages: producers never load it
+    return STAGES.get(name[len("tinabs."):])
+
+
+def route(name, args, kwargs, options, task=None, **_):
+    """The app's one router (``task_routes``): the queue and the priority of every task sent."""
+    pool = pool_of(name, args)
+    stage = _stage(name)
+    priority = stage.priority if stage is not None else _TASKS.get(name, (None,))[0]
+    out = {"queue": queue_of(pool) if pool else DEFAULT_QUEUE}
+    if priority is not None:
+        out["priority"] = priority
+    return out
+
+
+class TimeLimits:
+    """Every task's time limits (hard, and soft 30 s before), by name, as Celery annotations."""
+
+    def __init__(self, cfg):
+        self.limits = {"stage": cfg.limits.stage_time_limit_s, "long": cfg.limits.export_time_limit_s,
+                       "ask": ASK_TIME_LIMIT_S, "report": REPORT_TIME_LIMIT_S}
+
+    def kind(self, name: str) -> str | None:
+        stage = _stage(name)
+        if stage is not None:
+            return "long" if stage.long else "stage"
+        return _TASKS.get(name, (None, None))[1]
+
+    def annotate_any(self):
+        return None
+
+    def annotate(self, task):
+        kind = self.kind(task.name)
+        if kind is None:
+            return None
+        hard = self.limits[kind]
+        return {"time_limit": hard, "soft_time_limit": max(1, hard - (5 if kind == "ask" else 30))}
 
 
 def visibility_timeout(cfg: config_mod.Config) -> int:
@@ -78,6 +161,8 @@ def celery_settings(cfg: config_mod.Config) -> dict:
         "task_publish_retry_policy": PUBLISH_RETRY,
         "worker_hijack_root_logger": False,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "task_routes": (route,),
+        "task_annotations": (TimeLimits(cfg),),
     }
 
 
@@ -107,8 +192,8 @@ def beat_settings(cfg: config_mod.Config) -> dict:
 
 def make_app(cfg: config_mod.Config | None = None) -> Celery:
     cfg = cfg or config_mod.load()
-    app = Celery("tinabs", include=["tinabs_tasks.tasks.backup", "tinabs_tasks.tasks.restore", "tinabs_tasks.tasks.upkeep",
-                                    "tinabs_tasks.tasks.schedule", "tinabs_tasks.tasks.console"])
+    app = Celery("tinabs", include=[f"tinabs_tasks.tasks.{m}" for m in ("backup", "restore", "upkeep", "schedule",
+                                                                        "console", "report")])
     app.conf.update(celery_settings(cfg))
     app.conf.update(beat_settings(cfg))
     app.tinabs_config = cfg

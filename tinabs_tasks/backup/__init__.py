@@ -1,4 +1,4 @@
-"""Backup stages: plain functions ``(xapi, ctx, report) -> ctx``.
+"""Backup stages: plain functions ``(env, ctx) -> ctx`` (env: backup.table.StageEnv).
 
 Every stage may run more than once (retries, Redis redelivery, a worker killed
 mid-stage).  Each docstring says what it creates, how it finds what an

@@ -18,7 +18,8 @@ from tinabs_tasks.storage import destination
 from tinabs_tasks.xapi import markers
 
 
-def run(xapi, ctx: dict, report) -> dict:
+def run(env, ctx: dict) -> dict:
+    xapi = env.xapi
     x = xapi.x
     vdis = markers.find_records(x, "VDI", ctx["run"])  # one scan serves the keep marking and the removal
     for copy, rec in vdis.items():

@@ -14,7 +14,8 @@ from tinabs_tasks.xapi import markers
 from tinabs_tasks.backup.errors import Permanent
 
 
-def run(xapi, ctx: dict, report, slots) -> dict:
+def run(env, ctx: dict) -> dict:
+    xapi, report, slots = env.xapi, env.report, env.slots
     x = xapi.x
     if not xapi.pool.backup_sr:
         raise Permanent(f"pool `{xapi.pool.name}` has no backup_sr configured; sr-copy mode needs one",

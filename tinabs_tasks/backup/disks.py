@@ -15,7 +15,8 @@ from tinabs_tasks.xapi.port import NULL_REF
 from tinabs_tasks.xapi import markers
 
 
-def run(xapi, ctx: dict, report) -> dict:
+def run(env, ctx: dict) -> dict:
+    xapi = env.xapi
     x = xapi.x
     backup_vm = ctx["refs"]["backup_vm"]
     taken = {x.VBD.get_userdevice(vbd) for vbd in x.VM.get_VBDs(backup_vm)}

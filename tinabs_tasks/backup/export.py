@@ -31,7 +31,9 @@ from tinabs_tasks.storage import manifest
 TRANSFER_ERRORS = (http.client.HTTPException, StreamCut, ConnectionError, TimeoutError)
 
 
-def run(xapi, ctx: dict, report, slots, dest: str, reserve: int = 0) -> dict:
+def run(env, ctx: dict) -> dict:
+    xapi, report, slots = env.xapi, env.report, env.slots
+    dest, reserve = env.destination, env.reserve_free_bytes
     paths = destination.backup_paths(ctx, dest)
     earlier = manifest.earlier_result(ctx, paths)
     if earlier:

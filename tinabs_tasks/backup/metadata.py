@@ -15,7 +15,8 @@ from tinabs_tasks.storage import manifest
 from tinabs_tasks.backup.export import assert_writable, download
 
 
-def run(xapi, ctx: dict, report, slots, dest: str) -> dict:
+def run(env, ctx: dict) -> dict:
+    xapi, report, slots, dest = env.xapi, env.report, env.slots, env.destination
     paths = destination.backup_paths(ctx, dest)
     earlier = manifest.earlier_result(ctx, paths)
     if earlier:

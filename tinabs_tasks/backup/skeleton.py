@@ -12,7 +12,8 @@ from tinabs_tasks.xapi import markers
 from tinabs_tasks.backup.skeleton_fields import create_args
 
 
-def run(xapi, ctx: dict, report) -> dict:
+def run(env, ctx: dict) -> dict:
+    xapi, report = env.xapi, env.report
     x = xapi.x
     label = markers.name(ctx, "backup")
     vm = markers.find_named(x, "VM", label, ctx["run"])

@@ -24,7 +24,8 @@ from tinabs_tasks.backup.skeleton_fields import summary
 log = logging.getLogger("tinabs")
 
 
-def run(xapi, ctx: dict, report) -> dict:
+def run(env, ctx: dict) -> dict:
+    xapi, report = env.xapi, env.report
     x = xapi.x
     try:
         vm = x.VM.get_by_uuid(ctx["vm"]["uuid"])

@@ -7,7 +7,8 @@ Undone by: VM.destroy (VIF records go with their VM).
 from __future__ import annotations
 
 
-def run(xapi, ctx: dict, report) -> dict:
+def run(env, ctx: dict) -> dict:
+    xapi = env.xapi
     x = xapi.x
     backup_vm = ctx["refs"]["backup_vm"]
     taken = {x.VIF.get_device(vif) for vif in x.VM.get_VIFs(backup_vm)}

@@ -6,6 +6,7 @@ import sys
 import redis
 
 from tinabs_tasks.config import model as config_mod
+from tinabs_tasks.runs.human import human_bytes  # noqa: F401 (the commands' helper)
 
 
 class UserError(Exception):
@@ -62,15 +63,6 @@ def printable(text) -> str:
     """``text`` safe to print: control characters (a terminal escape in a VM name read from a
     manifest, say) are shown as ``\\xNN`` escapes, never sent to the terminal."""
     return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in str(text))
-
-
-def human_bytes(n) -> str:
-    n = float(n or 0)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
 
 
 def fail(message: str) -> int:

@@ -29,9 +29,8 @@ def run(args) -> int:
     if args.max_age_h is not None and args.max_age_h < 0:
         raise UserError("--max-age-h must be >= 0")
     job_store(cfg)
-    from tinabs_tasks.tasks.upkeep import janitor_task# loads the Celery app
-    sent = [janitor_task.apply_async((name, args.dry_run, args.max_age_h), queue=cfg.pools[name].queue)
-            for name in pools]
+    from tinabs_tasks.runs import requests  # sent by name: this process needs only the broker
+    sent = [requests.janitor(name, args.dry_run, args.max_age_h) for name in pools]
     results = wait_all(sent, args.timeout)
     if args.json:
         print(json.dumps({"dry_run": args.dry_run, "results": results}, indent=2))

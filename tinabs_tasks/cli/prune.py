@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 
+from tinabs_tasks.storage import catalog
 from tinabs_tasks.cli.common import UserError, job_store, load_config
 
 DEFAULT_TIMEOUT_S = 600
@@ -29,13 +30,13 @@ def run(args) -> int:
     if not os.path.isdir(cfg.destination):
         raise UserError(f"destination {cfg.destination} does not exist or is not a directory")
     job_store(cfg)  # a clear message when the broker is down
-    from tinabs_tasks.tasks.upkeep import prune_vm, vm_groups# loads the Celery app
+    from tinabs_tasks.runs import requests  # sent by name: this process needs only the broker
     sent, notes = [], []
-    for pool, vm_uuid in vm_groups(cfg.destination, pool=args.pool, vm=args.vm):
+    for pool, vm_uuid in catalog.vm_groups(cfg.destination, pool=args.pool, vm=args.vm):
         if pool not in cfg.pools:
             notes.append(f"pool `{pool}` is not configured: its backups are left alone")
             continue
-        sent.append(prune_vm.apply_async((pool, vm_uuid, args.dry_run), queue=cfg.pools[pool].queue))
+        sent.append(requests.prune_vm(pool, vm_uuid, args.dry_run))
     results = wait_all(sent, args.timeout)
     errors = [e for r in results for e in r.get("errors", [])]
     if args.json:

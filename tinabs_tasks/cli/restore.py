@@ -58,8 +58,8 @@ def run(args) -> int:
         f"into pool {args.pool} (run {run_id})")
     if args.local:
         return _local(cfg, backup, args, options, run_id, say)
-    from tinabs_tasks.tasks.restore import send_restore# loads the Celery app (needs only the broker)
-    result = send_restore(args.pool, backup["manifest_path"], options, run_id)
+    from tinabs_tasks.runs import requests  # sent by name: this process needs only the broker
+    result = requests.restore(args.pool, backup["manifest_path"], options, run_id)
     if args.no_wait:
         print(json.dumps({"task": result.id, "run": run_id}) if args.json else f"restore task {result.id} queued")
         return 0

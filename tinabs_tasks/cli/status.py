@@ -1,11 +1,11 @@
 """`tinabs status [JOB] [--json]`: a job's per-VM state, from any host that reaches the broker."""
 from __future__ import annotations
 
-import datetime as dt
 import json
 import sys
 
 from tinabs_tasks.reports.summary import stored as stored_report
+from tinabs_tasks.runs.job_view import summary
 from tinabs_tasks.cli.common import UserError, human_bytes, job_store, load_config
 
 
@@ -37,18 +37,6 @@ def run(args) -> int:
     else:
         print(render(job))
     return 0 if job["succeeded"] or not job["done"] else 1
-
-
-def summary(job: dict) -> dict:
-    runs = job["runs"]
-    ok = sum(r["state"] == "succeeded" for r in runs)
-    state = ("succeeded" if job["succeeded"] else "failed") if job["done"] else "running"
-    if job.get("aborted"):  # (abort.py) its runs end failed, with the reason
-        state = "aborted" if job["done"] else "aborting"
-    created = dt.datetime.fromtimestamp(float(job["created"]), dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
-    what = ", ".join(f"{k}={v}" for k, v in job["selector"].items())
-    return {"id": job["id"], "created": created, "state": state, "succeeded": ok, "total": len(runs),
-            "what": f"{what} mode={job['mode']} pools={','.join(job['pools'])}"}
 
 
 def render(job: dict) -> str:

@@ -6,10 +6,8 @@ import os
 import sys
 
 from tinabs_tasks.storage import catalog
-from tinabs_tasks.storage.verify import check_copied_vdis, verify_all, verify_backup
-from tinabs_tasks.xapi.connect import PoolSession
-from tinabs_tasks.xapi.errors import classify
-from tinabs_tasks.xapi.port import Xapi
+from tinabs_tasks.storage.copied_disks import pool_check
+from tinabs_tasks.storage.verify import verify_all, verify_backup
 from tinabs_tasks.cli.common import UserError, human_bytes, job_store, load_config, printable
 
 
@@ -75,8 +73,8 @@ def _restore_test(cfg, args) -> int:
     cfg.pool(args.pool)  # unknown pool: one clear line
     path = _manifest(args.backup, cfg.destination)
     job_store(cfg)  # an unreachable broker: one clear line now, not minutes of publish retries
-    from tinabs_tasks.tasks.restore import send_restore_test# loads the Celery app (needs only the broker)
-    result = send_restore_test(args.pool, path, args.sr)
+    from tinabs_tasks.runs import requests  # sent by name: this process needs only the broker
+    result = requests.restore_test(args.pool, path, args.sr)
     try:
         report = result.get(timeout=cfg.limits.export_time_limit_s)
     except Exception as exc:  # the task failed (a backup it refuses, a pool error): its reason, one line
@@ -91,24 +89,6 @@ def _restore_test(cfg, args) -> int:
         for problem in report.get("problems", []):
             print(f"  - {problem}")
     return 0 if report["ok"] else 1
-
-
-def pool_check(cfg):
-    """Checks an sr-copy backup's kept disks on its pool, one session per pool."""
-    sessions = {}
-
-    def check(manifest: dict) -> list[str]:
-        pool = manifest.get("pool")
-        if pool not in cfg.pools:
-            return [f"pool {pool!r} is not in the config: the copied disks were not checked"]
-        try:
-            if pool not in sessions:
-                sessions[pool] = Xapi(PoolSession(cfg.pool(pool)))
-            return check_copied_vdis(sessions[pool], manifest)
-        except Exception as exc:  # unreachable pool, bad credentials: say so, per backup
-            return [f"could not check the copied disks: {classify(exc, pool)}"]
-
-    return check
 
 
 def _manifest(path: str, dest: str) -> str:

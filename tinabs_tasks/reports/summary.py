@@ -12,7 +12,7 @@ import json
 import time
 
 from tinabs_tasks.runs import keys
-from tinabs_tasks.cli.common import human_bytes
+from tinabs_tasks.runs.human import human_bytes
 from tinabs_tasks.backup.selection import describe
 
 #: write the report only while the job's hash exists: a late write never re-creates an

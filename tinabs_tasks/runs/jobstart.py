@@ -26,7 +26,7 @@ def start_job(cfg: config_mod.Config, store, selector: dict, mode: str, pools: l
     tick's task delivered again — sends the same job's plans again instead of starting a second
     job; plan is idempotent per job, pool and VM.
     """
-    from tinabs_tasks.tasks.backup import plan# loads the Celery app (needs only the broker)
+    from tinabs_tasks.runs import requests  # sent by name: this process needs only the broker
     job_id = store.r.get(once_key) if once_key else None
     if job_id is None:
         job_id = store.create_job(selector, mode, pools)
@@ -35,5 +35,5 @@ def start_job(cfg: config_mod.Config, store, selector: dict, mode: str, pools: l
             # can do that): follow the first; ours stays an empty record until its TTL
             job_id = store.r.get(once_key)
     for name in pools:
-        plan.apply_async((job_id, name, selector, mode), queue=cfg.pool(name).queue)
+        requests.plan(job_id, name, selector, mode)
     return job_id

@@ -40,8 +40,10 @@ def jobs_index() -> str:
 
 
 def run(run_id: str) -> str:
-    """Hash: job, pool, vm, stage, state, bytes, rate, error, paths, timings.  Like every key
-    of a job, it lives ACTIVE_HOLD_S while the job runs and the state TTL once it has ended."""
+    """Hash: the run's record (runs/record.py): job, pool, vm, stage, state, bytes, rate, error,
+    paths, timings; ``done`` and ``ctx`` (the last finished stage and the context it produced);
+    ``lease`` and ``lease_until`` (who works on it now); ``touched``.  Like every key of a job, it
+    lives ACTIVE_HOLD_S while the job runs and the state TTL once it has ended."""
     return f"{PREFIX}:run:{run_id}"
 
 
@@ -63,15 +65,16 @@ def lease(name: str) -> str:
     return f"{PREFIX}:lease:{name}"
 
 
-def run_progress(run_id: str) -> str:
-    """Hash: index of the last finished stage of a run and the context it produced (stage guard)."""
-    return f"{PREFIX}:run:{run_id}:progress"
+def active_runs() -> str:
+    """Sorted set of the runs that have not ended, by when their record was last touched: the
+    stuck-run sweep reads only the quiet ones (runs/sweep.py).  A run leaves it when it ends."""
+    return f"{PREFIX}:runs:active"
 
 
 def run_lease_name(run_id: str) -> str:
-    """Lease name held by whatever works on a run: one stage or its compensation at a time."""
+    """Lease name held by a restore run while one delivery works on it (a backup run's lease is in
+    its own record, runs/record.py)."""
     return f"run:{run_id}"
-
 
 
 # -- tinabs' own figures for Prometheus (tinabs_tasks/metrics.py) ------------------------------

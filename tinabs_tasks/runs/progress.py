@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import time
 
-from tinabs_tasks.cli.common import human_bytes
+from tinabs_tasks.runs.human import human_bytes
 
 
 class Reporter:
-    def __init__(self, jobs, run_id: str, task=None, min_interval_s: float = 0.5):
+    def __init__(self, jobs, run_id: str, task=None, min_interval_s: float = 0.5, stage: str = ""):
+        """``stage``: the stage the run's record already shows (the engine's begin step wrote it)."""
         self.jobs, self.run_id, self.task = jobs, run_id, task
         self.min_interval_s = min_interval_s
-        self.stage_name = ""
+        self.stage_name = stage
         self._last = 0.0
         self._started = time.monotonic()
 

@@ -55,6 +55,46 @@ if redis.call('HSETNX', KEYS[1], 'aborted', ARGV[1]) == 1 then redis.call('HSET'
 return 1
 """
 
+#: KEYS: run, active runs.  ARGV: hold ttl, now, run id, job, then field/value pairs.  The run is
+#: created once, and the sending of its first stage claimed once: {claimed 0/1, the run's stamp}
+_CREATE_AND_CLAIM = """
+if redis.call('HSETNX', KEYS[1], 'job', ARGV[4]) == 1 then
+  for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+  redis.call('HSET', KEYS[1], 'id', ARGV[3], 'state', 'queued', 'stage', 'queued', 'queued', ARGV[2], 'touched', ARGV[2])
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+  redis.call('EXPIRE', KEYS[2], ARGV[1])
+end
+if redis.call('TTL', KEYS[1]) == -1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return {redis.call('HSETNX', KEYS[1], 'sent', 1), redis.call('HGET', KEYS[1], 'stamp') or ''}
+"""
+
+#: KEYS: run, active runs, job's ended set, job, job's runs.  ARGV: state, now, hold ttl, state ttl,
+#: run id, then field/value pairs.  Terminal states are final (-1: it had ended already); else 1
+#: when this was the job's last run to end, 0 otherwise.
+_FINISH_RUN = """
+local current = redis.call('HGET', KEYS[1], 'state')
+if current == 'succeeded' or current == 'failed' then return -1 end
+for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'finished', ARGV[2], 'touched', ARGV[2], 'lease', '', 'lease_until', 0)
+redis.call('HDEL', KEYS[1], 'ctx')
+if redis.call('TTL', KEYS[1]) == -1 then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
+redis.call('ZREM', KEYS[2], ARGV[5])
+redis.call('SADD', KEYS[3], ARGV[5])
+if redis.call('TTL', KEYS[3]) == -1 then redis.call('EXPIRE', KEYS[3], ARGV[3]) end
+local planned = redis.call('HMGET', KEYS[4], 'pools_planned', 'pools_expected')
+if not planned[1] or tonumber(planned[1]) < tonumber(planned[2]) then return 0 end
+if redis.call('SCARD', KEYS[5]) > redis.call('SCARD', KEYS[3]) then return 0 end
+return 1
+"""
+
+
+def _flat(fields: dict) -> list:
+    out = []
+    for k, v in fields.items():
+        if v is not None:
+            out += [k, json.dumps(v) if isinstance(v, (dict, list)) else v]
+    return out
+
 
 class JobStore:
     def __init__(self, redis, ttl_s: int = keys.STATE_TTL_S, on_end=None):
@@ -66,6 +106,8 @@ class JobStore:
         self.ttl_s = int(ttl_s)
         self.hold_s = max(self.ttl_s, keys.ACTIVE_HOLD_S)
         self._keep_ttl = redis.register_script(_KEEP_TTL)
+        self._create_and_claim = redis.register_script(_CREATE_AND_CLAIM)
+        self._finish_run = redis.register_script(_FINISH_RUN)
 
     # -- jobs -----------------------------------------------------------------
     def create_job(self, selector: dict, mode: str, pools: list[str]) -> str:
@@ -179,6 +221,14 @@ class JobStore:
                                                "stage": "queued", "queued": time.time()})
         return True
 
+    def create_and_claim_run(self, run_id: str, fields: dict) -> tuple[bool, str]:
+        """Register a run once (a re-planned pool finds it) and claim the sending of its first stage,
+        in one step: (True exactly once per run, the stamp the run was created with)."""
+        claimed, stamp = self._create_and_claim(
+            keys=[keys.run(run_id), keys.active_runs()],
+            args=[self.hold_s, time.time(), run_id, fields["job"], *_flat({k: v for k, v in fields.items() if k != "job"})])
+        return bool(claimed), stamp or fields.get("stamp", "")
+
     def claim_send(self, run_id: str) -> bool:
         """True exactly once per run: whoever gets it sends the run's chain."""
         return bool(self.r.hsetnx(keys.run(run_id), "sent", 1))
@@ -193,21 +243,22 @@ class JobStore:
             clean["touched"] = time.time()  # the stuck-run sweep (resume.py) looks at this
             pipe = self.r.pipeline(transaction=False)
             pipe.hset(keys.run(run_id), mapping=clean)
+            pipe.zadd(keys.active_runs(), {run_id: clean["touched"]}, xx=True)
             # a late copy of a stage may write after the run's state expired: that must expire too
             self._keep_ttl(keys=[keys.run(run_id)], args=[self.ttl_s], client=pipe)
             pipe.execute()
 
-    def finish_run(self, run_id: str, state: RunState, **fields) -> None:
-        """Terminal states are final: a late retry or duplicate cannot overwrite them."""
-        current, job_id = self.r.hmget(keys.run(run_id), "state", "job")
-        if current and RunState(current).terminal:
+    def finish_run(self, run_id: str, state: RunState, job_id: str | None = None, **fields) -> None:
+        """The run ends, in one step: its state (final: a late retry or duplicate cannot overwrite
+        it), its lease let go, out of the active runs, into its job's ended runs.  The job's own
+        end (its TTLs, its report) follows when this was its last run."""
+        job_id = job_id or self.r.hget(keys.run(run_id), "job")
+        if not job_id:
             return
-        self.update_run(run_id, state=state.value, finished=time.time(), **fields)
-        if job_id:
-            pipe = self.r.pipeline()
-            pipe.sadd(keys.job_ended(job_id), run_id)
-            self._keep_ttl(keys=[keys.job_ended(job_id)], args=[self.hold_s], client=pipe)
-            pipe.execute()
+        last = self._finish_run(keys=[keys.run(run_id), keys.active_runs(), keys.job_ended(job_id), keys.job(job_id),
+                                      keys.job_runs(job_id)],
+                                args=[state.value, time.time(), self.hold_s, self.ttl_s, run_id, *_flat(fields)])
+        if last == 1:
             self._expire_if_ended(job_id)
 
     def run(self, run_id: str) -> dict | None:

@@ -1,48 +1,54 @@
-"""Runs whose next message was lost are sent on again.
+"""Runs whose next message was lost are sent on again: the stuck-run sweep.
 
-Redis can lose a message that is in flight when it dies: a ``BRPOP`` it
-answered (and logged) whose reply never reached the worker.  The run then
-waits forever: no stage holds its lease and nothing touches its state.  Every
-worker's main process sweeps now and then (one worker at a time, by lock):
-a started run that is not over, whose lease nobody holds and that nothing has
-touched for ``[limits] stuck_after_s``, gets its next stage sent again from
-the stage guard's record; a run stuck while failing gets its compensation
-again.  Should the message only have been slow, the copy is harmless: the
-stage guard turns it away.
+Redis can lose a message that is in flight when it dies: a ``BRPOP`` it answered (and logged)
+whose reply never reached the worker.  The run then waits forever: no stage holds its lease and
+nothing touches its record.  Every worker's main process sweeps now and then (one worker at a
+time, by lock): it reads, with one ZRANGEBYSCORE, the active runs nothing has touched for
+``[limits] stuck_after_s`` (keys.active_runs, as rq's StartedJobRegistry.cleanup does), and a
+started run among them whose lease nobody holds gets its next stage sent again from its record;
+a run stuck while failing gets its compensation again.  Should the message only have been slow,
+the copy is harmless: the run's record turns it away.
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 
 from tinabs_tasks.runs import keys
+from tinabs_tasks.runs.record import lease_held
 from tinabs_tasks.runs.store import JobStore, RunState
-from tinabs_tasks.runs.guard import StageGuard
 
 log = logging.getLogger("tinabs")
 
 
 def stuck_runs(redis, stuck_after_s: float, now: float | None = None) -> list[tuple[str, dict]]:
-    """(run id, run record) of every run that looks stuck, in every job Redis still knows."""
+    """(run id, run record) of every active run that looks stuck; runs whose record is gone or
+    ended leave the index."""
     now = time.time() if now is None else now
-    found = []
-    for job_id in redis.zrange(keys.jobs_index(), 0, -1):
-        for rid in redis.sdiff(keys.job_runs(job_id), keys.job_ended(job_id)):
-            rec = redis.hgetall(keys.run(rid))
-            if not rec or RunState(rec["state"]).terminal:
-                continue
-            touched = float(rec.get("touched") or rec.get("queued") or now)
-            if now - touched < stuck_after_s or redis.exists(keys.lease(keys.run_lease_name(rid))):
-                continue
+    quiet = redis.zrangebyscore(keys.active_runs(), "-inf", now - stuck_after_s)
+    if not quiet:
+        return []
+    pipe = redis.pipeline(transaction=False)
+    for rid in quiet:
+        pipe.hgetall(keys.run(rid))
+    found, gone = [], []
+    for rid, rec in zip(quiet, pipe.execute()):
+        if not rec or RunState(rec["state"]).terminal:
+            gone.append(rid)
+        elif not lease_held(rec, now):
             found.append((rid, rec))
+    if gone:
+        redis.zrem(keys.active_runs(), *gone)
     return found
 
 
 def resume(redis, cfg, rid: str, rec: dict, send_stages, send_compensate) -> str | None:
     """Send the stuck run on; returns what was sent, or None for a run that never started (its
     first message waits in the queue, or the plan will send it)."""
-    done, ctx = StageGuard(redis, rid, cfg.limits.lease_s).progress()
+    done = int(rec["done"]) if rec.get("done") not in (None, "") else -1
+    ctx = _ctx(rec)
     if rec["state"] == RunState.FAILING.value and ctx is not None:
         send_compensate(ctx, rec.get("error") or "failed")
         return "compensate"
@@ -51,6 +57,10 @@ def resume(redis, cfg, rid: str, rec: dict, send_stages, send_compensate) -> str
     sent = send_stages(ctx, done + 1)
     JobStore(redis, cfg.limits.state_ttl_s).update_run(rid, resumed=int(rec.get("resumed", 0)) + 1)
     return sent
+
+
+def _ctx(rec: dict) -> dict | None:
+    return json.loads(rec["ctx"]) if rec.get("ctx") else None
 
 
 def sweep(redis, cfg, send_stages, send_compensate) -> list[str]:

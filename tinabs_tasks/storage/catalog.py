@@ -216,6 +216,16 @@ def _order(b: Backup):
             b.path or b.manifest_path or "")
 
 
+def vm_groups(dest: str, pool: str | None = None, vm: str | None = None) -> list[tuple[str, str]]:
+    """(pool, vm uuid) of every VM with a manifest in the destination."""
+    seen = []
+    for b in scan(dest, pool=pool, vm=vm, include_incomplete=True):
+        key = (b.pool, b.vm_uuid)
+        if b.manifest_path and b.vm_uuid and key not in seen:
+            seen.append(key)
+    return seen
+
+
 class NotABackup(ValueError):
     """A path a user gave does not name a backup in the destination; the message says why."""
 

@@ -35,8 +35,6 @@ from dataclasses import dataclass, field
 
 import xxhash
 
-import XenAPI
-
 from tinabs_tasks.storage import catalog
 from tinabs_tasks.storage import destination
 from tinabs_tasks.storage.verify_skeleton import compare_skeleton, to_int
@@ -212,28 +210,6 @@ def verify_all(dest: str, *, record: bool = False, pool_check=None) -> list[tupl
     """Every backup with a manifest under ``dest`` (incomplete ones too: they fail), in path order."""
     manifests = sorted({b.manifest_path for b in catalog.scan(dest, include_incomplete=True) if b.manifest_path})
     return [(path, verify_backup(path, record=record, pool_check=pool_check)) for path in manifests]
-
-
-def check_copied_vdis(xapi, manifest: dict) -> list[str]:
-    """The disks an sr-copy backup keeps on the backup SR: still there, on that SR, same size."""
-    problems = []
-    x = xapi.x
-    wanted_sr = (manifest.get("backup_sr") or {}).get("uuid")
-    for copied in manifest.get("copied_vdis") or []:
-        try:
-            vdi = x.VDI.get_by_uuid(copied["uuid"])
-        except XenAPI.Failure:
-            problems.append(f"copied disk {copied['uuid']} is gone from pool {manifest.get('pool')}")
-            continue
-        sr_uuid = x.SR.get_uuid(x.VDI.get_SR(vdi))
-        if wanted_sr and sr_uuid != wanted_sr:
-            problems.append(f"copied disk {copied['uuid']} is on SR {sr_uuid}, not the backup SR {wanted_sr}")
-        size = int(x.VDI.get_virtual_size(vdi))
-        if size != int(copied.get("virtual_size", size)):
-            problems.append(f"copied disk {copied['uuid']} has size {size}, manifest says {copied['virtual_size']}")
-    if not manifest.get("copied_vdis"):
-        problems.append("an sr-copy manifest without copied_vdis: nothing to restore from")
-    return problems
 
 
 def _finish(report: Report, problems: _Problems, manifest: dict | None, record: bool) -> Report:

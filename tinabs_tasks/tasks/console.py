@@ -14,12 +14,10 @@ from tinabs_tasks.storage import verify
 from tinabs_tasks.app import app
 from tinabs_tasks.backup import selection as plan_stage
 from tinabs_tasks.backup.export import xva_size
-from tinabs_tasks.tasks.backup import CFG, _xapi
+from tinabs_tasks.tasks.services import CFG, xapi as _xapi
 from tinabs_tasks.xapi import connect
 from tinabs_tasks.xapi.errors import RELOGIN_CODES, classify
 
-#: a pool that does not answer within this is shown as unreachable (the console waits this long)
-ASK_TIME_LIMIT_S = 60
 #: an sr-copy backup's file holds only the VM's metadata: about this much
 METADATA_BYTES = 64 << 10
 NULL = "OpaqueRef:NULL"
@@ -32,7 +30,7 @@ def _error(pool: str, exc: Exception) -> str:
     return str(err)
 
 
-@app.task(name="tinabs.inventory", priority=0, time_limit=ASK_TIME_LIMIT_S, soft_time_limit=ASK_TIME_LIMIT_S - 5)
+@app.task(name="tinabs.inventory")
 def inventory(pool: str) -> dict:
     """The pool's master, hosts and backupable VMs (by host, with tags and disk sizes); or why not."""
     try:
@@ -91,7 +89,7 @@ def estimate(disks: list[dict]) -> dict:
             "sr_copy_destination": METADATA_BYTES, "sr_copy_backup_sr": used}
 
 
-@app.task(name="tinabs.preview", priority=0, time_limit=ASK_TIME_LIMIT_S, soft_time_limit=ASK_TIME_LIMIT_S - 5)
+@app.task(name="tinabs.preview")
 def preview(pool: str, selector: dict, mode: str) -> dict:
     """What a job with this selector would back up on the pool now, and about how many bytes."""
     try:
@@ -109,10 +107,10 @@ def preview(pool: str, selector: dict, mode: str) -> dict:
     return {"pool": pool, "reachable": True, "vms": vms, "notes": notes}
 
 
-@app.task(name="tinabs.verify_backup", priority=0, time_limit=CFG.limits.export_time_limit_s,
-          soft_time_limit=max(1, CFG.limits.export_time_limit_s - 30))
-def verify_backup(manifest_path: str) -> dict:
-    """`tinabs verify BACKUP` on a worker: the verdict is recorded in the manifest, as there."""
-    from tinabs_tasks.cli.verify import pool_check
+@app.task(name="tinabs.verify_backup")
+def verify_backup(pool: str | None, manifest_path: str) -> dict:
+    """`tinabs verify BACKUP` on a worker: the verdict is recorded in the manifest, as there. ``pool``: the backup's, whose
+    worker checks an sr-copy backup's disks (None: any worker)."""
+    from tinabs_tasks.storage.copied_disks import pool_check
     path = catalog.resolve(CFG.destination, manifest_path)  # only a backup inside the destination
     return verify.verify_backup(path, record=True, pool_check=pool_check(CFG)).as_dict()

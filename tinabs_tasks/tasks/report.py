@@ -15,7 +15,7 @@ import logging
 import random
 import time
 
-from tinabs_tasks.app import DEFAULT_QUEUE, app
+from tinabs_tasks.app import REPORT_TIME_LIMIT_S as TIME_LIMIT_S, app
 from tinabs_tasks.runs.store import JobStore
 from tinabs_tasks.runs.lease import Lease
 from tinabs_tasks.runs.redis_client import client
@@ -24,18 +24,15 @@ from tinabs_tasks.reports.summary import ReportStore, should_send, summarize
 
 CFG = app.tinabs_config
 log = logging.getLogger("tinabs.reports")
-#: a channel's timeout is at most a few minutes; the lease outlives a delivery round
-TIME_LIMIT_S = 600
 FINAL = ("sent", "failed", "not sent")
 
 
 def request_report(job_id: str) -> None:
     """JobStore's end-of-job hook (called once per job, by whoever claimed its end)."""
-    report.apply_async((job_id,), queue=DEFAULT_QUEUE)
+    app.send_task("tinabs.report", args=(job_id,), ignore_result=True)
 
 
-@app.task(name="tinabs.report", bind=True, acks_late=True, max_retries=None, priority=1,
-          time_limit=TIME_LIMIT_S, soft_time_limit=TIME_LIMIT_S - 30)
+@app.task(name="tinabs.report", bind=True, acks_late=True, max_retries=None)
 def report(self, job_id: str) -> dict:
     redis = client(CFG.broker_url, outage_s=120.0)
     lease = Lease(redis, f"report:{job_id}", TIME_LIMIT_S)

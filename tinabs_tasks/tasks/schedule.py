@@ -28,8 +28,7 @@ class UnknownSchedule(Exception):
     """Beat sent an entry this worker's config does not have (or has turned off)."""
 
 
-@app.task(name="tinabs.scheduled_backup", bind=True, acks_late=True, priority=0,
-          time_limit=CFG.limits.stage_time_limit_s)
+@app.task(name="tinabs.scheduled_backup", bind=True, acks_late=True)
 def scheduled_backup(self, entry_name: str) -> dict:
     """Start the job of one schedule tick; a redelivered tick re-sends the same job's plans."""
     sched = CFG.schedule

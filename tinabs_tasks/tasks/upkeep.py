@@ -28,55 +28,45 @@ def _is_active():
     return janitor.redis_is_active(JobStore(client(CFG.broker_url)))
 
 
-@app.task(name="tinabs.prune_vm", acks_late=True, priority=1, time_limit=CFG.limits.stage_time_limit_s)
+@app.task(name="tinabs.prune_vm", acks_late=True)
 def prune_vm(pool: str, vm_uuid: str, dry_run: bool = False) -> dict:
     """Apply [retention] to one VM's backups (after its backup succeeded, or from `tinabs prune`)."""
     return janitor.prune_vm(CFG.destination, pool, vm_uuid, CFG.retention, _xapi, dry_run=dry_run)
 
 
-@app.task(name="tinabs.prune", acks_late=True, priority=1, time_limit=CFG.limits.stage_time_limit_s)
+@app.task(name="tinabs.prune", acks_late=True)
 def prune(dry_run: bool = False) -> list[list[str]]:
     """Send ``prune_vm`` for every VM with backups in the destination to its pool's queue."""
     sent = []
-    for pool, vm_uuid in vm_groups(CFG.destination):
+    for pool, vm_uuid in catalog.vm_groups(CFG.destination):
         if pool in CFG.pools:
-            prune_vm.apply_async((pool, vm_uuid, dry_run), queue=CFG.pools[pool].queue)
+            app.send_task("tinabs.prune_vm", args=(pool, vm_uuid, dry_run), ignore_result=True)
             sent.append([pool, vm_uuid])
     return sent
 
 
-@app.task(name="tinabs.janitor", acks_late=True, priority=1, time_limit=CFG.limits.stage_time_limit_s)
+@app.task(name="tinabs.janitor", acks_late=True)
 def janitor_task(pool: str, dry_run: bool = False, max_age_h: float | None = None) -> dict:
     """Remove one pool's litter of dead runs and its stale ``.partial`` files."""
     hours = CFG.janitor.max_age_h if max_age_h is None else float(max_age_h)
     return janitor.janitor_pool(_xapi(pool), CFG.destination, pool, _is_active(), hours * 3600, dry_run=dry_run)
 
 
-@app.task(name="tinabs.janitor_all", acks_late=True, priority=1, time_limit=CFG.limits.stage_time_limit_s)
+@app.task(name="tinabs.janitor_all", acks_late=True)
 def janitor_all(dry_run: bool = False) -> list[str]:
     """One ``tinabs.janitor`` per configured pool, each on its pool's queue (for celery beat)."""
-    for name, pool in CFG.pools.items():
-        janitor_task.apply_async((name, dry_run), queue=pool.queue)
+    for name in CFG.pools:
+        app.send_task("tinabs.janitor", args=(name, dry_run), ignore_result=True)
     return list(CFG.pools)
 
 
-def vm_groups(dest: str, pool: str | None = None, vm: str | None = None) -> list[tuple[str, str]]:
-    """(pool, vm uuid) of every VM with a manifest in the destination."""
-    seen = []
-    for b in catalog.scan(dest, pool=pool, vm=vm, include_incomplete=True):
-        key = (b.pool, b.vm_uuid)
-        if b.manifest_path and b.vm_uuid and key not in seen:
-            seen.append(key)
-    return seen
-
-
-@app.task(name="tinabs.verify", acks_late=True, priority=1, time_limit=CFG.limits.export_time_limit_s)
+@app.task(name="tinabs.verify", acks_late=True)
 def verify_task(since_h: float | None = 24.0, record: bool = True) -> dict:
     """Verify the backups made in the last ``since_h`` hours (all when None), recording each verdict;
     for beat, e.g. every morning after the nightly run.  Runs where the destination is mounted."""
     import datetime as dt
 
-    from tinabs_tasks.cli.verify import pool_check
+    from tinabs_tasks.storage.copied_disks import pool_check
     from tinabs_tasks.storage.verify import verify_backup
     cutoff = None if since_h is None else dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=since_h)
     check = pool_check(CFG)

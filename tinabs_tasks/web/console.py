@@ -1,7 +1,7 @@
 """What the console's pages show and do, in plain Python (routes.py turns it into HTTP).
 
 Everything goes through what the CLI uses: jobstart.start_job to back up, JobStore for job
-state and JobStore.abort, catalog.scan for the backups on disk, tasks_restore.send_restore,
+state and JobStore.abort, catalog.scan for the backups on disk, runs.requests (restore, verify),
 and the console tasks (tasks_console.py) for what only a worker of a pool can see.  Blocking
 calls (Redis, waiting for a worker's answer): routes.py runs them in a thread.
 """
@@ -16,6 +16,7 @@ from tinabs_tasks.restore import into_pool as restore
 from tinabs_tasks.config.model import Config
 from tinabs_tasks.runs.store import JobStore, RunState
 from tinabs_tasks.runs.jobstart import check_pools, start_job
+from tinabs_tasks.runs import requests
 from tinabs_tasks.runs.redis_client import client
 from tinabs_tasks.schedule.times import WEEKDAYS
 from tinabs_tasks.backup.selection import describe
@@ -43,11 +44,10 @@ class Console:
     # -- pools ------------------------------------------------------------------------------
     def pools(self, refresh: bool = False) -> list[dict]:
         """Every configured pool: its state, hosts and VMs (grouped by host), each VM's last backup."""
-        from tinabs_tasks.tasks.console import inventory
         now = time.monotonic()
         stale = [p for p in sorted(self.cfg.pools)
                  if refresh or p not in self._inventory or now - self._inventory[p][0] > INVENTORY_FRESH_S]
-        for p, data in self.ask(inventory, stale, lambda p: (p,)).items():
+        for p, data in self.ask("tinabs.inventory", stale, lambda p: (p,)).items():
             self._inventory[p] = (time.monotonic(), data)
         last = self.last_backups()
         out = []
@@ -60,13 +60,12 @@ class Console:
             out.append({**data, "vms": vms, "by_host": _by_host(data["hosts"], vms)})
         return out
 
-    def ask(self, task, pools: list[str], args) -> dict[str, dict]:
+    def ask(self, task: str, pools: list[str], args) -> dict[str, dict]:
         """Send ``task`` with ``args(pool)`` to each pool's queue and wait for the answers, all at
         once: {pool: the task's answer, or {"reachable": False, "error": why there is none}}.
         A question nobody answered in time expires, so a worker that comes back later does not
         answer it for nobody."""
-        sent = {p: task.apply_async(args(p), queue=self.cfg.pool(p).queue, expires=self._wait,
-                                    retry_policy=ASK_RETRY) for p in pools}
+        sent = {p: requests.ask(task, *args(p), expires=self._wait, retry_policy=ASK_RETRY) for p in pools}
         deadline = time.monotonic() + self._wait
         answers: dict[str, dict] = {}
         while True:
@@ -127,7 +126,7 @@ class Console:
         """What the job would back up now, per pool (plan.select on a worker), with estimates."""
         from tinabs_tasks.tasks.console import preview
         per_pool = [{"vms": [], "notes": [], **data}
-                    for _p, data in sorted(self.ask(preview, pools, lambda p: (p, selector, mode)).items())]
+                    for _p, data in sorted(self.ask("tinabs.preview", pools, lambda p: (p, selector, mode)).items())]
         vms = [vm for p in per_pool for vm in p["vms"]]
         return {"pools": per_pool, "vm_count": len(vms), "what": describe(selector),
                 "destination_bytes": sum(v["destination_bytes"] for v in vms),
@@ -138,7 +137,7 @@ class Console:
 
     # -- jobs -------------------------------------------------------------------------------
     def recent_jobs(self, limit: int = 20) -> list[dict]:
-        from tinabs_tasks.cli.status import summary
+        from tinabs_tasks.runs.job_view import summary
         jobs = [self.store.job(j) for j in self.store.recent_jobs(limit)]
         return [{**summary(j), "progress": job_progress(j)} for j in jobs if j]
 
@@ -147,7 +146,7 @@ class Console:
         job = self.store.job(job_id)
         if job is None:
             return None
-        from tinabs_tasks.cli.status import summary
+        from tinabs_tasks.runs.job_view import summary
         runs = []
         for r in job["runs"]:
             state = r["state"]
@@ -207,15 +206,14 @@ class Console:
 
     # -- verify and restore (sent to a worker of the backup's pool) ------------------------
     def send_verify(self, path: str, by: str) -> str:
-        from tinabs_tasks.tasks.console import verify_backup
         backup = self.backup(path)
         pool = backup["manifest"].get("pool")
-        queue = self.cfg.pool(pool).queue if pool in self.cfg.pools else None
-        result = verify_backup.apply_async((backup["manifest_path"],), **({"queue": queue} if queue else {}))
+        # on a worker of the backup's pool (it checks an sr-copy backup's disks there), else any worker
+        result = requests.ask("tinabs.verify_backup", pool if pool in self.cfg.pools else None,
+                              backup["manifest_path"], expires=None, retry_policy=ASK_RETRY)
         return self._record(result.id, "verify", backup, pool or "", by)
 
     def send_restore(self, path: str, pool: str, options: dict, by: str) -> str:
-        from tinabs_tasks.tasks.restore import send_restore
         if pool not in self.cfg.pools:
             raise ConsoleError(f"unknown pool `{pool}`; configured pools: {', '.join(sorted(self.cfg.pools))}")
         problem = restore.name_problem(options["name"]) if options.get("name") is not None else None
@@ -226,7 +224,7 @@ class Console:
             restore.check_pool(backup, pool)
         except restore.BadBackup as exc:
             raise ConsoleError(str(exc)) from None
-        result = send_restore(pool, backup["manifest_path"], options, restore.new_run_id())
+        result = requests.restore(pool, backup["manifest_path"], options, restore.new_run_id())
         return self._record(result.id, "restore", backup, pool, by)
 
     def _record(self, task_id: str, kind: str, backup: dict, pool: str, by: str) -> str:

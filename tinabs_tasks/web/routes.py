@@ -22,7 +22,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from tinabs_tasks.cli.common import human_bytes
+from tinabs_tasks.runs.human import human_bytes
 from tinabs_tasks.web import auth
 from tinabs_tasks.web.console import Console, ConsoleError
 

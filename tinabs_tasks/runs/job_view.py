@@ -1,0 +1,16 @@
+"""A job in a few words, for `tinabs status` and the web console: its state, counts and selection."""
+from __future__ import annotations
+
+import datetime as dt
+
+
+def summary(job: dict) -> dict:
+    runs = job["runs"]
+    ok = sum(r["state"] == "succeeded" for r in runs)
+    state = ("succeeded" if job["succeeded"] else "failed") if job["done"] else "running"
+    if job.get("aborted"):  # (abort.py) its runs end failed, with the reason
+        state = "aborted" if job["done"] else "aborting"
+    created = dt.datetime.fromtimestamp(float(job["created"]), dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    what = ", ".join(f"{k}={v}" for k, v in job["selector"].items())
+    return {"id": job["id"], "created": created, "state": state, "succeeded": ok, "total": len(runs),
+            "what": f"{what} mode={job['mode']} pools={','.join(job['pools'])}"}
