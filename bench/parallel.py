@@ -44,13 +44,8 @@ from tinabs_tasks.config import model as config_mod
 from tinabs_tasks.runs.store import JobStore
 from tinabs_tasks.runs.progress import Reporter
 from tinabs_tasks.runs.redis_client import client
-from tinabs_tasks.backup import cleanup
-from tinabs_tasks.backup import disks
-from tinabs_tasks.backup import export
 from tinabs_tasks.backup import selection as plan
-from tinabs_tasks.backup import skeleton
-from tinabs_tasks.backup import snapshot
-from tinabs_tasks.backup import vifs
+from tinabs_tasks.backup.table import STAGES, StageEnv
 from tinabs_tasks.runs.slots import Slots
 from tinabs_tasks.xapi.connect import PoolSession
 from tinabs_tasks.xapi.port import Xapi
@@ -80,13 +75,11 @@ for name, pool in sorted(cfg.pools.items()):
                "stamp": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()), "refs": {}, "timings": {}, "failures": {}}
         jobs.create_run(run, {"job": "sequential"})
         report = Reporter(jobs, run)
+        env = StageEnv(xapi=xapi, report=report, slots=slots, destination=cfg.destination)
         times = {}
-        for stage, call in (("snapshot", snapshot.run), ("skeleton", skeleton.run), ("disks", disks.run),
-                            ("vifs", vifs.run),
-                            ("export", lambda x, c, r: export.run(x, c, r, slots, cfg.destination)),
-                            ("cleanup", cleanup.run)):
+        for stage in ("snapshot", "skeleton", "disks", "vifs", "export", "cleanup"):
             began = time.perf_counter()
-            ctx = call(xapi, ctx, report)
+            ctx = STAGES[stage].run(env, ctx)
             times[stage] = time.perf_counter() - began
         out.append({"pool": name, "vm": vm["uuid"], "times": times, "export_host": export_host(xapi, vm)})
 print(json.dumps(out))

@@ -1,7 +1,9 @@
 """Stage 7 and compensation: remove what a run made on the pool, by marker.
 
 ``run`` (after success): keeps the sr-copy VDI (marked keep), destroys the
-backup VM and every other VDI of the run.  Compensation (after a failure):
+backup VM and every other VDI of the run.  It finds them by the names the run
+gave them (``markers.name``: each carries the run id; a cheap name lookup, where
+reading every record of a large pool is not), plus the refs in the context.  Compensation (after a failure):
 everything of the run, the sr-copy VDI included, and every file of the run
 in the destination: a failed run leaves nothing, not even a half-made backup.  Both only look at
 markers and names, never at what a task remembers, so they are idempotent
@@ -21,23 +23,51 @@ from tinabs_tasks.xapi import markers
 def run(env, ctx: dict) -> dict:
     xapi = env.xapi
     x = xapi.x
-    vdis = markers.find_records(x, "VDI", ctx["run"])  # one scan serves the keep marking and the removal
+    vdis = _named_records(x, "VDI", ctx, _vdi_labels(ctx), ("snapshot", "system_disk", "system_copy"))
     for copy, rec in vdis.items():
         other = rec["other_config"]
         if other.get(markers.ROLE) == markers.Role.SYSTEM_COPY and other.get(markers.KEEP) != "true":
             other[markers.KEEP] = "true"
             x.VDI.set_other_config(copy, other)
-    remove_pool_objects(xapi, ctx["run"], vdis=vdis)
+    vms = _named_records(x, "VM", ctx, [markers.name(ctx, "backup")], ("backup_vm",))
+    remove_pool_objects(xapi, ctx["run"], vdis=vdis, vms=list(vms))
     return ctx
 
 
-def remove_pool_objects(xapi, run: str, keep_kept: bool = True, vdis: dict | None = None) -> list[str]:
+def _vdi_labels(ctx: dict) -> list[str]:
+    """Every name a VDI of this run can have (an unrenamed clone of the snapshot has its name)."""
+    data = [d["userdevice"] for d in ctx.get("skeleton", {}).get("disks", [])
+            if d.get("type") == "Disk" and d.get("userdevice") != "0"]
+    return [markers.name(ctx, what) for what in ("system snapshot", "system disk", "system copy",
+                                                  *(f"data {device}" for device in data))]
+
+
+def _named_records(x, cls: str, ctx: dict, labels: list[str], ref_keys: tuple[str, ...]) -> dict[str, dict]:
+    """The run's ``cls`` objects found by name (and the refs the context holds), with their records."""
+    api, refs = getattr(x, cls), []
+    for label in labels:
+        refs += api.get_by_name_label(label)
+    refs += [ctx["refs"][k] for k in ref_keys if ctx.get("refs", {}).get(k)]
+    found = {}
+    for ref in dict.fromkeys(refs):
+        try:
+            rec = api.get_record(ref)
+        except XenAPI.Failure:  # gone already
+            continue
+        if markers.is_ours(rec, ctx["run"]):
+            found[ref] = rec
+    return found
+
+
+def remove_pool_objects(xapi, run: str, keep_kept: bool = True, vdis: dict | None = None,
+                        vms: list[str] | None = None) -> list[str]:
     """Destroy the run's VMs (never started) and VDIs (but kept ones, unless told); returns what
-    this call destroyed.  Another compensation may be removing the same objects at the same time
+    this call destroyed.  Without ``vms``/``vdis`` they are found by reading every record (by
+    marker or name): what compensation does, since a failed run may have left anything.  Another compensation may be removing the same objects at the same time
     (a redelivered duplicate): an object gone at any step counts as removed by the other one."""
     x = xapi.x
     removed = []
-    for vm in markers.find(x, "VM", run):
+    for vm in markers.find(x, "VM", run) if vms is None else vms:
         if _ignore_gone(x.VM.get_power_state, vm) not in ("Halted", _GONE):
             _ignore_gone(x.VM.hard_shutdown, vm)
         if _ignore_gone(x.VM.destroy, vm) is not _GONE:

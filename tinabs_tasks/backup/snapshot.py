@@ -5,7 +5,8 @@ Creates: one VDI snapshot, marked (role system-snapshot) and named
 Earlier attempt: a snapshot of the same system VDI carrying this run's marker
 or name is reused (``VDI.get_snapshots`` of the system disk, cheap).  The
 XAPI task of the snapshot carries the run's marker, so a snapshot whose
-worker died before marking it is found through its task and marked then.
+worker died before marking it is found through its task and marked then (looked
+for only when an earlier delivery started this stage: reading every task costs).
 Undone by: cleanup / compensation (VDI.destroy by marker or name).  Until
 marked, a new snapshot carries only the system disk's own name, so one that
 cannot be marked is destroyed on the spot: nothing could find it later.
@@ -44,7 +45,7 @@ def run(env, ctx: dict) -> dict:
     if system_vdi is None:
         raise Permanent(f"{ctx['vm']['name']} has no system disk at userdevice 0", "NO_SYSTEM_DISK")
     snap = _earlier_snapshot(x, system_vdi, ctx["run"])
-    if snap is None:
+    if snap is None and env.again:  # only an earlier delivery can have left a task (reading every task costs)
         snap = _snapshot_of_earlier_task(xapi, ctx, report)
     if snap is None:
         snap = xapi.call_async_marked("VDI.snapshot", system_vdi, {}, run=ctx["run"], progress=report.fraction)

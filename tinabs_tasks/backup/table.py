@@ -23,6 +23,8 @@ class StageEnv:
     slots: object = None
     destination: str = ""
     reserve_free_bytes: int = 0
+    #: an earlier delivery of this stage started it (and may have died): look for what it left
+    again: bool = False
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ been quiet for long (one ZRANGEBYSCORE), never every job.
 
 Each step is one Lua script, one round trip, atomic:
 
-* ``begin``: before a stage works.  A run that ended (or is being compensated) turns the copy
+* ``begin``: before a stage works (and whether an earlier delivery started it already).  A run that ended (or is being compensated) turns the copy
   away; a stage the run has moved past is dropped; a stage that finished already hands its
   recorded context on (its next stage may never have been sent); a lease held by another copy
   makes this one wait; an aborted job stops a stage that obeys aborts.  Otherwise the lease is
@@ -46,13 +46,14 @@ if holder and holder ~= '' and holder ~= ARGV[2] and tonumber(redis.call('HGET',
   return {'busy'}
 end
 if ARGV[6] == '1' and redis.call('HEXISTS', KEYS[2], 'aborted') == 1 then return {'aborted'} end
-redis.call('HSET', KEYS[1], 'lease', ARGV[2], 'lease_until', now + tonumber(ARGV[3]), 'state', 'running',
+local again = redis.call('HGET', KEYS[1], 'started') == ARGV[1] and 1 or 0
+redis.call('HSET', KEYS[1], 'lease', ARGV[2], 'lease_until', now + tonumber(ARGV[3]), 'state', 'running', 'started', ARGV[1],
            'stage', ARGV[7], 'worker', ARGV[8], 'task_id', ARGV[9], 'bytes', 0, 'rate', 0, 'progress', 0,
            'touched', now / 1000)
 if redis.call('TTL', KEYS[1]) == -1 then redis.call('EXPIRE', KEYS[1], ARGV[5]) end
 if redis.call('GET', KEYS[3]) == ARGV[11] then redis.call('EXPIRE', KEYS[3], ARGV[10]) end
 redis.call('ZADD', KEYS[4], now / 1000, ARGV[11])
-return {'work'}
+return {'work', again}
 """
 
 #: KEYS: run, active index.  ARGV: index, token, ctx json, now ms, ttl s, run id
@@ -99,9 +100,11 @@ return 1
 @dataclass(frozen=True)
 class Begun:
     """What ``begin`` found: ``work`` (the lease is ours), ``handoff`` (done already: ``ctx`` is
-    what it produced), ``busy`` (another copy works), ``aborted``, ``late``, ``ended`` or ``gone``."""
+    what it produced), ``busy`` (another copy works), ``aborted``, ``late``, ``ended`` or ``gone``.
+    ``again``: with ``work``, an earlier delivery started this stage (it may have left work behind)."""
     outcome: str
     ctx: dict | None = None
+    again: bool = False
 
 
 def _ms() -> int:
@@ -129,7 +132,7 @@ class RunRecord:
                                   worker, task_id or "", vm_lock_ttl_s, self.run])
         outcome = reply[0]
         ctx = json.loads(reply[1]) if outcome == "handoff" and len(reply) > 1 and reply[1] else None
-        return Begun(outcome, ctx)
+        return Begun(outcome, ctx, again=outcome == "work" and len(reply) > 1 and reply[1] == 1)
 
     def finish(self, index: int, ctx: dict) -> None:
         self._finish(keys=[self.key, keys.active_runs()],

@@ -73,11 +73,11 @@ class StageTask(Task):
             raise self.retry(args=(ctx,), countdown=wait_countdown(waits), max_retries=None)
         if begun.outcome == "aborted":
             raise give_up(ctx, stage.name, abort.reason(services.jobs(), ctx["job"]))
-        ctx = self.work(record, ctx)
+        ctx = self.work(record, ctx, begun.again)
         record.finish(index, ctx)
         return self.after(ctx)
 
-    def work(self, record: RunRecord, ctx: dict) -> dict:
+    def work(self, record: RunRecord, ctx: dict, again: bool) -> dict:
         stage = self.stage
         report = Reporter(services.jobs(), ctx["run"], self, stage=stage.name)
         began = time.monotonic()
@@ -86,7 +86,7 @@ class StageTask(Task):
             if stage.obeys_abort else contextlib.nullcontext()
         try:
             with Heartbeat([record.renew], CFG.limits.lease_s / 4), watch:
-                ctx = stage.run(services.stage_env(ctx["pool"], report), ctx)
+                ctx = stage.run(services.stage_env(ctx["pool"], report, again), ctx)
         except WaitForSlot as wait:
             record.release()
             services.jobs().update_run(ctx["run"], state=RunState.QUEUED.value, stage=f"{stage.name}: waiting ({wait})")

@@ -34,9 +34,9 @@ def slots(pool: str) -> Slots:
     return Slots(redis(), pool, CFG.pool(pool).max_concurrent_exports, CFG.limits.lease_s)
 
 
-def stage_env(pool: str, report) -> StageEnv:
+def stage_env(pool: str, report, again: bool = False) -> StageEnv:
     return StageEnv(xapi=xapi(pool), report=report, slots=slots(pool), destination=CFG.destination,
-                    reserve_free_bytes=CFG.limits.reserve_free_bytes)
+                    reserve_free_bytes=CFG.limits.reserve_free_bytes, again=again)
 
 
 def vm_locks() -> VmLocks:
