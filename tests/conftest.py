@@ -5,9 +5,16 @@ from helpers.deployment import Deployment
 from helpers.sim_proc import SimProc
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def redis_server(tmp_path_factory):
-    """A private, non-persistent redis-server on a free loopback port."""
+    """This test module's own private, non-persistent redis-server on a free loopback port.
+
+    One per module (starting one takes ~50 ms), so no module ever reads or writes another's keys,
+    whichever test process runs them, and a module may restart or flush it.  Deployments use its
+    DB 0; the module's tests run one after another, so a test that needs an empty DB while an
+    earlier test of the same module used it flushes it, and a deployment that runs beside the
+    module's needs a server of its own (``helpers.redis_proc.private_redis``).
+    """
     try:
         binary, problem = find_redis_server(), None
     except RedisNotFound as e:
@@ -49,14 +56,14 @@ def fresh_sim():
 
 @pytest.fixture(scope="module")
 def deployment(redis_server, tmp_path_factory, request):
-    """Simulator (2 pools x 6 VMs) + private Redis + 2 real worker processes, for one test module.
+    """Simulator (2 pools x 6 VMs) + the module's private Redis (DB 0) + 2 real worker processes,
+    for one test module.
 
     A module may set ``DEPLOYMENT_SIM_ARGS`` / ``DEPLOYMENT_WORKERS`` to change the shape.
     """
     sim_args = getattr(request.module, "DEPLOYMENT_SIM_ARGS",
                        ("--pools", "2", "--vms-per-pool", "6", "--disk-mib", "8"))
-    db = abs(hash(request.module.__name__)) % 15 + 1  # a Redis DB per module: no cross-talk
-    dep = Deployment(tmp_path_factory.mktemp("deploy"), redis_server, sim_args, db=db)
+    dep = Deployment(tmp_path_factory.mktemp("deploy"), redis_server, sim_args)
     try:
         for i in range(getattr(request.module, "DEPLOYMENT_WORKERS", 2)):
             dep.start_worker(f"w{i + 1}")

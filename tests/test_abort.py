@@ -23,8 +23,7 @@ STALL_S = 120  # far longer than the test waits: only a cancelled task ends it i
 
 @pytest.fixture(scope="module")
 def dep(redis_server, tmp_path_factory):
-    d = Deployment(tmp_path_factory.mktemp("abort"), redis_server, SIM_ARGS, db=13)
-    d.redis.flushdb()
+    d = Deployment(tmp_path_factory.mktemp("abort"), redis_server, SIM_ARGS)
     try:
         d.start_worker("a1", concurrency=2)
         yield d

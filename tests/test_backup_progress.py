@@ -16,8 +16,11 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
 from helpers import toml_write
 from helpers.deployment import Deployment
+from helpers.redis_proc import private_redis
 from helpers.waiting import wait_for
 
 DEPLOYMENT_SIM_ARGS = ("--pools", "1", "--vms-per-pool", "3", "--disk-mib", "64", "--host-bandwidth-mbps", "8")
@@ -119,13 +122,19 @@ class ExportSampler(threading.Thread):
             self.stop.wait(0.05)
 
 
-def test_per_pool_export_limit(redis_server, tmp_path, request):
+@pytest.fixture
+def own_redis(tmp_path):
+    """A Redis for this test alone: the module's deployment still runs on the module's, and
+    nothing stale may hold a slot."""
+    with private_redis(tmp_path / "redis") as server:
+        yield server
+
+
+def test_per_pool_export_limit(own_redis, tmp_path):
     # Given a deployment whose pool allows one export at a time, with 2 workers x 2 processes
-    module_db = abs(hash(request.module.__name__)) % 15 + 1
-    dep = Deployment(tmp_path, redis_server, LIMIT_SIM_ARGS, db=module_db % 15 + 1)
+    dep = Deployment(tmp_path, own_redis, LIMIT_SIM_ARGS)
     sampler = ExportSampler(dep.sim)
     try:
-        dep.redis.flushdb()  # this DB is ours for this test; nothing stale may hold a slot
         _config_with_limit(dep, 1)
         for name in ("l1", "l2"):
             dep.start_worker(name)

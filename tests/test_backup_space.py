@@ -16,9 +16,9 @@ SIM_ARGS = ("--pools", "1", "--vms-per-pool", "3", "--disk-mib", "8")
 
 def test_a_destination_without_room_fails_fast_and_cleanly(redis_server, tmp_path):
     tuning = TEST_TUNING.replace("[limits]\n", "[limits]\nreserve_free_bytes = 1000000000000000000\n")
-    dep = Deployment(tmp_path, redis_server, SIM_ARGS, db=12, tuning=tuning)
+    dep = Deployment(tmp_path, redis_server, SIM_ARGS, tuning=tuning)
     try:
-        dep.redis.flushdb()
+        dep.redis.flushdb()  # another test of this module may have used the module's Redis
         dep.start_worker("w1")
         status, job = dep.backup("--vm", "db-01", "--pool", "pool-a")
         assert status == 1, job
@@ -37,9 +37,9 @@ def test_the_size_estimate_is_never_below_the_real_backup(redis_server, tmp_path
     export starts) covers what the export then writes, without being wildly above it.  (Compared
     directly: the file system's free space moves while other tests write, so a test that set the
     reserve to just fit would fail for reasons that have nothing to do with the estimate.)"""
-    dep = Deployment(tmp_path / "probe", redis_server, SIM_ARGS, db=11)
+    dep = Deployment(tmp_path / "probe", redis_server, SIM_ARGS)
     try:
-        dep.redis.flushdb()
+        dep.redis.flushdb()  # another test of this module may have used the module's Redis
         dep.start_worker("w1")
         status, job = dep.backup("--vm", "db-01", "--pool", "pool-a")
         assert status == 0, job

@@ -24,6 +24,7 @@ import pytest
 from helpers import toml_write
 from helpers.deployment import Deployment
 from helpers.pool_checks import backupable_vms, litter
+from helpers.redis_proc import private_redis
 from helpers.workers import WorkerProc
 from helpers.xapi_http import counts
 
@@ -237,15 +238,16 @@ def test_a_broker_that_never_answers_fails_within_seconds(deployment, backup):
 
 # -- the destination, as the workers see it ------------------------------------------------------
 @pytest.fixture(scope="module")
-def dest_deployment(redis_server, tmp_path_factory, deployment):
-    """A second simulator and Redis DB whose worker is started per test with a bad destination."""
-    db = int(deployment.redis_url.rsplit("/", 1)[1]) % 15 + 1  # not the module deployment's DB
-    dep = Deployment(tmp_path_factory.mktemp("destdep"), redis_server, DEPLOYMENT_SIM_ARGS, db=db)
-    dep.redis.flushdb()
-    try:
-        yield dep
-    finally:
-        dep.stop()
+def dest_deployment(tmp_path_factory):
+    """A second simulator and Redis (not the module deployment's) whose worker is started per test
+    with a bad destination."""
+    root = tmp_path_factory.mktemp("destdep")
+    with private_redis(root / "redis") as server:
+        dep = Deployment(root, server, DEPLOYMENT_SIM_ARGS)
+        try:
+            yield dep
+        finally:
+            dep.stop()
 
 
 def _bad_destination(dep, tmp_path: Path, kind: str) -> tuple[dict, Path, tuple[str, ...]]:

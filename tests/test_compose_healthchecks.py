@@ -28,7 +28,6 @@ from helpers.sim_proc import SimProc
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())
-DB = 13
 POOLS = """
 destination = "{dest}"
 
@@ -95,8 +94,8 @@ class Started:
 def tinabs_env(redis_server, tmp_path):
     (tmp_path / "dest").mkdir()
     (tmp_path / "tinabs.toml").write_text(POOLS.format(dest=tmp_path / "dest"))
-    url = redis_server.url_for(DB)
-    redis.Redis.from_url(url).flushdb()
+    url = redis_server.url
+    redis.Redis.from_url(url).flushdb()  # the module's Redis: no earlier test's worker, beat or lock in it
     return {**os.environ, "TINABS_CONFIG": str(tmp_path / "tinabs.toml"), "TINABS_BROKER_URL": url,
             "HOSTNAME": socket.gethostname()}
 

@@ -55,9 +55,8 @@ EVERY_STAGE = [pytest.param(stage, mode, id=f"{stage}-{mode}") for mode in STAGE
 
 @pytest.fixture(scope="module")
 def deployment(redis_server, tmp_path_factory):
-    """Simulator + private Redis DB + 2 workers, with a short visibility timeout and lease."""
-    dep = Deployment(tmp_path_factory.mktemp("matrix"), redis_server, SIM_ARGS, db=15, tuning=FAULT_TUNING)
-    dep.redis.flushdb()
+    """Simulator + the module's private Redis + 2 workers, with a short visibility timeout and lease."""
+    dep = Deployment(tmp_path_factory.mktemp("matrix"), redis_server, SIM_ARGS, tuning=FAULT_TUNING)
     try:
         for name in ("m1", "m2"):
             dep.start_worker(name)

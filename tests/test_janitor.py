@@ -28,13 +28,12 @@ ACTIVE = "a11ve0000001"
 def dep(redis_server, tmp_path_factory):
     """A deployment whose config has [retention] keep_last = 2 (applied by `tinabs prune` only, not
     after each backup, so the command's work can be watched) before its workers start."""
-    d = Deployment(tmp_path_factory.mktemp("janitor"), redis_server, SIM_ARGS, db=14)
+    d = Deployment(tmp_path_factory.mktemp("janitor"), redis_server, SIM_ARGS)
     try:
         cfg = toml_write.read(d.config)
         cfg["retention"] = {"keep_last": 2, "after_backup": False}
         cfg["janitor"] = {"max_age_h": 1}
         toml_write.write(d.config, cfg)
-        d.redis.flushdb()
         d.start_worker("w1")
         yield d
     finally:

@@ -1,6 +1,6 @@
 """Job and run state expire: held while the job runs, the state TTL once it has ended.
 
-Against a real Redis (the session's private redis-server), through JobStore as
+Against a real Redis (the module's private redis-server), through JobStore as
 the tasks and the CLI use it.
 """
 from __future__ import annotations

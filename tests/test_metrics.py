@@ -112,7 +112,7 @@ def _compensate_twice(dep, run: dict) -> list[dict]:
 def test_a_scrape_shows_what_the_job_did(deployment, exporter):
     dep = deployment
     dep.sim.clear_faults()
-    # Given the figures before (the Redis DB may hold an earlier module's: only differences count)
+    # Given the figures before (only differences count: an earlier test of this module may have made some)
     before = exporter.scrape()
     # And a VM of pool-a whose snapshot fails for good
     dep.sim.add_fault({"method": "VDI.snapshot", "error": SNAPSHOT_GONE, "pool": "pool-a",

@@ -174,9 +174,8 @@ def setup(redis_server, tmp_path_factory):
     smtp.start()
     hook = ThreadingHTTPServer(("127.0.0.1", 0), Webhook)
     threading.Thread(target=hook.serve_forever, daemon=True).start()
-    dep = Deployment(root, redis_server, SIM_ARGS, db=14)
+    dep = Deployment(root, redis_server, SIM_ARGS)
     dep.env["HOOK_AUTH"] = f"Bearer {HOOK_TOKEN}"
-    dep.redis.flushdb()
     try:
         yield Setup(dep, mailbox, smtp.port, hook.server_address[1], password_file)
     finally:
@@ -333,9 +332,13 @@ def _bodies(value: bytes) -> list[str]:
 
 
 # -- a job's end is claimed once -------------------------------------------------
+#: a DB of the module's Redis that its deployment (DB 0, whose worker still runs) does not use
+STORE_DB = 1
+
+
 def test_a_jobs_end_is_claimed_by_one_caller_only(redis_server):
     # Given a job of two runs whose store calls back at the end
-    r = redis.Redis.from_url(redis_server.url_for(13), decode_responses=True)
+    r = redis.Redis.from_url(redis_server.url_for(STORE_DB), decode_responses=True)
     ended: list[str] = []
     stores = [JobStore(r, 60, on_end=ended.append) for _ in range(8)]
     job = stores[0].create_job({"all": True}, "export", ["p"])
@@ -357,7 +360,7 @@ def test_a_jobs_end_is_claimed_by_one_caller_only(redis_server):
 
 
 def test_a_job_where_nothing_matched_ends_and_is_claimed(redis_server):
-    r = redis.Redis.from_url(redis_server.url_for(13), decode_responses=True)
+    r = redis.Redis.from_url(redis_server.url_for(STORE_DB), decode_responses=True)
     ended: list[str] = []
     store = JobStore(r, 60, on_end=ended.append)
     job = store.create_job({"tag": "Nope"}, "export", ["p", "q"])

@@ -28,8 +28,7 @@ MODES = ("export", "sr-copy")
 
 @pytest.fixture(scope="module")
 def deployment(redis_server, tmp_path_factory):
-    dep = Deployment(tmp_path_factory.mktemp("restore-matrix"), redis_server, SIM_ARGS, db=13, tuning=FAULT_TUNING)
-    dep.redis.flushdb()
+    dep = Deployment(tmp_path_factory.mktemp("restore-matrix"), redis_server, SIM_ARGS, tuning=FAULT_TUNING)
     try:
         dep.start_worker("rm1")
         dep.start_worker("rm2")

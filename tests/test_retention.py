@@ -181,12 +181,11 @@ def test_retention_runs_by_itself_after_each_good_backup(redis_server, tmp_path)
     from helpers.deployment import Deployment
     from tinabs_tasks.storage import catalog
 
-    dep = Deployment(tmp_path, redis_server, ("--pools", "1", "--vms-per-pool", "3", "--disk-mib", "8"), db=13)
+    dep = Deployment(tmp_path, redis_server, ("--pools", "1", "--vms-per-pool", "3", "--disk-mib", "8"))
     try:
         cfg = toml_write.read(dep.config)
         cfg["retention"] = {"keep_last": 1}
         toml_write.write(dep.config, cfg)
-        dep.redis.flushdb()
         dep.start_worker("w1")
         manifests = []
         for _ in range(2):

@@ -299,12 +299,12 @@ def test_show_without_a_broker_shows_the_config_and_says_so(tmp_path):
 
 def test_show_says_when_no_beat_runs_or_has_loaded_the_schedule(tmp_path, redis_server):
     # Given a reachable Redis in which no beat has ever run
-    proc = _show(tmp_path, EXAMPLE, broker=redis_server.url_for(14))
+    proc = _show(tmp_path, EXAMPLE, broker=redis_server.url)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert "beat: NOT RUNNING — no beat holds the lock; start `celery -A tinabs_tasks beat`" in proc.stdout
     # Then each entry that is on says beat has not loaded it; the one that is off does not
     assert proc.stdout.count("beat has not loaded it: restart beat") == 4, proc.stdout
-    data = json.loads(_show(tmp_path, EXAMPLE, "--json", broker=redis_server.url_for(14)).stdout)
+    data = json.loads(_show(tmp_path, EXAMPLE, "--json", broker=redis_server.url).stdout)
     assert data["broker"] == "ok" and data["beat"] == {"lock_ttl_s": None, "loaded": []}
     assert {r["name"]: r["loaded"] for r in data["schedules"]}["janitor"] is False
 

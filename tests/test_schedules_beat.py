@@ -105,8 +105,8 @@ def _backupable_with(state: dict, tag: str) -> set[tuple[str, str]]:
 
 @pytest.fixture
 def run(redis_server, tmp_path):
-    dep = Deployment(tmp_path, redis_server, SIM_ARGS, db=abs(hash(__name__)) % 15 + 1)
-    dep.redis.flushdb()
+    dep = Deployment(tmp_path, redis_server, SIM_ARGS)
+    dep.redis.flushdb()  # a deployment per test, on the module's Redis: each starts from an empty DB
     r = Run(dep)
     try:
         yield r
@@ -114,7 +114,6 @@ def run(redis_server, tmp_path):
         for beat in r.beats:
             beat.stop()
         dep.stop()
-        dep.redis.flushdb()  # no queued tick or redbeat entry for the next module on this DB
 
 
 def test_schedules_fire_once_per_tick_with_two_beats_and_follow_the_config(run):

@@ -36,8 +36,8 @@ stuck_after_s = 4
 
 @pytest.fixture
 def dep(redis_server, tmp_path):
-    d = Deployment(tmp_path, redis_server, SIM_ARGS, db=12, tuning=TUNING)
-    d.redis.flushdb()
+    d = Deployment(tmp_path, redis_server, SIM_ARGS, tuning=TUNING)
+    d.redis.flushdb()  # a deployment per test, on the module's Redis: each starts from an empty DB
     try:
         d.start_worker("s1", concurrency=1)
         yield d

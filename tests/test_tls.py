@@ -52,8 +52,7 @@ def tls_dep(redis_server, tmp_path_factory):
     root = tmp_path_factory.mktemp("tls")
     certs = make_certs(root / "certs")
     dep = Deployment(root, redis_server, ("--pools", "1", "--vms-per-pool", "2", "--hosts-per-pool", "2",
-                                          "--disk-mib", "8", "--tls-cert", certs["cert"], "--tls-key", certs["key"]),
-                     db=14)
+                                          "--disk-mib", "8", "--tls-cert", certs["cert"], "--tls-key", certs["key"]))
     dep.certs = certs
     try:
         yield dep

@@ -26,8 +26,7 @@ PUBLIC = {("/login", "GET"), ("/login", "POST"), ("/healthz", "GET")}
 
 @pytest.fixture(scope="module")
 def dep(redis_server, tmp_path_factory):
-    d = Deployment(tmp_path_factory.mktemp("webauth"), redis_server, SIM_ARGS, db=12)
-    d.redis.flushdb()
+    d = Deployment(tmp_path_factory.mktemp("webauth"), redis_server, SIM_ARGS)
     with running_console(d, name="wa1") as d:
         yield d
 

@@ -36,8 +36,7 @@ STALL_S = 120  # an export stalled this long ends in time only if the abort canc
 
 @pytest.fixture(scope="module")
 def dep(redis_server, tmp_path_factory):
-    d = Deployment(tmp_path_factory.mktemp("webui"), redis_server, SIM_ARGS, db=11, tuning=TEST_TUNING + WEB)
-    d.redis.flushdb()
+    d = Deployment(tmp_path_factory.mktemp("webui"), redis_server, SIM_ARGS, tuning=TEST_TUNING + WEB)
     with running_console(d, name="wb1", concurrency=2) as d:
         yield d
 

@@ -22,8 +22,7 @@ answer_wait_s = {ANSWER_WAIT_S}
 
 @pytest.fixture(scope="module")
 def dep(redis_server, tmp_path_factory):
-    d = Deployment(tmp_path_factory.mktemp("webpools"), redis_server, SIM_ARGS, db=10, tuning=TEST_TUNING + WEB)
-    d.redis.flushdb()
+    d = Deployment(tmp_path_factory.mktemp("webpools"), redis_server, SIM_ARGS, tuning=TEST_TUNING + WEB)
     # no worker serves pool-c: nobody can tell what it holds
     with running_console(d, name="wp1", queues=["tinabs", "tinabs.pool.pool-a", "tinabs.pool.pool-b"]) as d:
         yield d

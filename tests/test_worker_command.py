@@ -45,7 +45,7 @@ PREFIX = [sys.executable, "-m", "celery", "-A", "tinabs_tasks"]
 def config_file(tmp_path, redis_server):
     path = tmp_path / "tinabs.toml"
     pools = "".join(POOL.format(name=n) for n in ("prod-a", "prod-b", "dr-1"))
-    path.write_text(CONFIG.format(broker=redis_server.url_for(12), dest=tmp_path, pools=pools))
+    path.write_text(CONFIG.format(broker=redis_server.url, dest=tmp_path, pools=pools))
     return path
 
 

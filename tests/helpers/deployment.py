@@ -42,6 +42,8 @@ visibility_timeout_s = {VISIBILITY_S}
 
 
 class Deployment:
+    """Runs against ``redis_server``'s DB 0 (a test module's own server) unless ``db`` says otherwise."""
+
     def __init__(self, root: Path, redis_server, sim_args: tuple[str, ...], db: int = 0, tuning: str = TEST_TUNING):
         self.root = Path(root)
         self.dest = self.root / "dest"

@@ -8,6 +8,7 @@ then carry the password and the TLS parameters clients need.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -16,6 +17,7 @@ import subprocess
 import time
 import urllib.parse
 from pathlib import Path
+from typing import Iterator
 
 import redis
 
@@ -188,3 +190,15 @@ class RedisProc:
 
     def __repr__(self) -> str:
         return f"<RedisProc {self.url} pid={self._proc.pid if self._proc else None}>"
+
+
+@contextlib.contextmanager
+def private_redis(workdir: Path, **kwargs) -> Iterator[RedisProc]:
+    """A started RedisProc (``kwargs`` as for RedisProc), stopped on exit: a server of its own for a
+    deployment that runs beside the test module's (whose server is the ``redis_server`` fixture)."""
+    server = RedisProc(workdir, **kwargs)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
