@@ -2,7 +2,8 @@
 
 Given a config file with several independent mistakes, when it is parsed, then one ConfigError
 lists all of them, one line each, each naming its file, its table and its key in today's words;
-an unknown key gets a "did you mean"; a file with one mistake is still one line.
+an unknown key gets a "did you mean"; a file with one mistake is still one line.  And
+``--config FILE`` is accepted after the subcommand as well as before it.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pickle
 
 import pytest
 
+from tinabs_tasks import cli
 from tinabs_tasks.config import model as config
 from tinabs_tasks.config.reports import SecretRef
 
@@ -141,3 +143,27 @@ def test_pool_configs_are_frozen_equal_values_and_errors_keep_their_problems():
         a.master = "https://elsewhere"
     error = pickle.loads(pickle.dumps(config.ConfigError(["t: one", "t: two"])))
     assert error.problems == ["t: one", "t: two"] and str(error) == "t: one\nt: two"
+
+
+@pytest.mark.parametrize("argv", [["--config", "/etc/t.toml", "status"], ["status", "--config", "/etc/t.toml"],
+                                  ["schedule", "show", "--config", "/etc/t.toml"],
+                                  ["check-config", "--offline", "--config", "/etc/t.toml"]],
+                         ids=["before", "after", "nested-subcommand", "among-options"])
+def test_config_option_before_or_after_the_subcommand(argv):
+    assert cli.build_parser().parse_args(argv).config == "/etc/t.toml"
+
+
+def test_no_config_option_leaves_it_unset_and_the_last_one_wins():
+    parser = cli.build_parser()
+    assert parser.parse_args(["status"]).config is None
+    assert parser.parse_args(["--config", "/a.toml", "status", "--config", "/b.toml"]).config == "/b.toml"
+
+
+def test_the_config_given_after_the_subcommand_is_the_one_loaded(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TINABS_CONFIG", str(tmp_path / "not-this-one.toml"))  # restored afterwards
+    path = tmp_path / "tinabs.toml"
+    path.write_text('broker_url = "redis://127.0.0.1:1/0"\ndestination = "/srv"\ncolour = "blue"\n'
+                    '[pools.a]\nmaster = "https://a"\nusername = "root"\npassword_env = "A"\nshared_sr = "s"\n')
+    assert cli.main(["check-config", "--offline", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"tinabs: config error: {path}: unknown key(s) colour; allowed: ") and err.count("\n") == 1
