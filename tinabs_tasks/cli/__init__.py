@@ -32,16 +32,30 @@ COMMANDS = {
 }
 
 
+CONFIG_HELP = "config file (default: $TINABS_CONFIG or /etc/tinabs/tinabs.toml)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinabs", description="Skeleton backups of XenServer / XCP-ng VMs.")
-    parser.add_argument("--config", help="config file (default: $TINABS_CONFIG or /etc/tinabs/tinabs.toml)")
+    parser.add_argument("--config", help=CONFIG_HELP)
     commands = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_text) in COMMANDS.items():
         mod = importlib.import_module(module)
         sub = commands.add_parser(name, help=help_text)
         mod.add_arguments(sub)
+        _accept_config(sub)
         sub.set_defaults(run=mod.run)
     return parser
+
+
+def _accept_config(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE`` after the subcommand too (``tinabs status --config FILE``, ``tinabs schedule
+    show --config FILE``): the same ``args.config``; given twice, the last one wins."""
+    parser.add_argument("--config", default=argparse.SUPPRESS, help=CONFIG_HELP)  # absent: keep the first
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for nested in action.choices.values():
+                _accept_config(nested)
 
 
 def main(argv: list[str] | None = None) -> int:

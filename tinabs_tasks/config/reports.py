@@ -4,246 +4,227 @@ Secrets (the SMTP password, a webhook's secret headers or secret URL) are never
 inline: each names an environment variable, a file or a secret in the secrets
 directory, as pool passwords do, and is read by the worker only when it sends.
 A secret is never kept in Redis, task arguments, logs or the report itself.
+The records (EmailConfig, ...) are in reports_records.py; this module reads the tables.
 """
 from __future__ import annotations
 
-import os
 import re
 import urllib.parse
-from dataclasses import dataclass
 
-from tinabs_tasks.config.secrets import SecretError, read_password_file, read_secret
+from pydantic import Field, field_validator
+from pydantic_core import PydanticCustomError
 
-#: Xen Orchestra's reportWhen values; "failure" is its default, and ours: a nightly mail that
-#: says "all fine" every day trains people to ignore the one that does not
-WHEN = ("always", "failure", "never")
-SECURITY = ("starttls", "ssl", "none")
-DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
-#: a literal header value under one of these names is refused: it is a secret in the config file
-SECRET_HEADER = re.compile(r"auth|token|key|secret|password|cookie|signature", re.IGNORECASE)
-_SOURCES = ("env", "file", "secret")
-ADDRESS = re.compile(r"[^\s@]+@[^\s@]+")  # a bare address: no name, no line break into the headers
+from tinabs_tasks.config.base import Table, number, one_of, text
+from tinabs_tasks.config.errors import problem, several, unknown_keys
+from tinabs_tasks.config.reports_records import (ADDRESS, DEFAULT_PORTS, SECRET_HEADER, SECURITY, WHEN, EmailConfig,
+                                                 ReportsConfig, WebhookConfig, check_url, url_problem)
+from tinabs_tasks.config.sources import KINDS, SecretRef, check_ref, given, ref
 
-
-@dataclass(frozen=True)
-class SecretRef:
-    """Where a secret is: an environment variable, a file, or a name in the secrets directory."""
-    kind: str  # "env" | "file" | "secret"
-    name: str
-    secrets_dir: str = ""
-    secrets_dir_from: str = ""
-
-    def read(self) -> str:
-        """The secret, read now; SecretError (a reason, never the value) if it cannot be used."""
-        if self.kind == "env":
-            value = os.environ.get(self.name)
-            if not value:
-                raise SecretError(f"environment variable {self.name} is not set")
-            return value
-        if self.kind == "file":
-            return read_password_file(self.name)
-        return read_secret(self.secrets_dir, self.name, self.secrets_dir_from)
+__all__ = ["WHEN", "SECURITY", "DEFAULT_PORTS", "SECRET_HEADER", "ADDRESS", "SecretRef", "EmailConfig",
+           "WebhookConfig", "ReportsConfig", "check_url", "ReportsTable", "EmailTable", "WebhookTable"]
+_INLINE = "inline passwords are refused; use password_secret, password_env or password_file"
+_ONE_OF_REFS = '{ env = "VAR" }, { file = "/path" } or { secret = "name" }'
 
 
-@dataclass(frozen=True)
-class EmailConfig:
+def _only_one(data: dict, stem: str) -> list[tuple[tuple, str]]:
+    """``<stem>_env`` / ``<stem>_file`` / ``<stem>_secret``: at most one, as for pool passwords."""
+    keys = given(data, stem)
+    return [((), f"give only one of {', '.join(keys)}")] if len(keys) > 1 else []
+
+
+class _Channel(Table):
+    ca_bundle: str | None = None
+
+    @field_validator("ca_bundle", mode="before")
+    @classmethod
+    def _ca(cls, value):
+        return text(value, "ca_bundle")
+
+    @field_validator("timeout_s", mode="before", check_fields=False)
+    @classmethod
+    def _timeout(cls, value):
+        return number(value, "timeout_s")
+
+
+class EmailTable(_Channel):
+    """``[reports.email]`` as written."""
+    refused = {"password": _INLINE}
     host: str
-    port: int
-    security: str
-    sender: str
-    to: tuple[str, ...]
-    username: str = ""
-    password: SecretRef | None = None
-    ca_bundle: str = ""
+    port: int | None = None  # by security: 587, 465 or 25
+    security: str = "starttls"
+    sender: str = Field(alias="from")
+    to: tuple[str, ...] = Field(default=None, validate_default=True)
+    username: str | None = None
+    password_env: str | None = None
+    password_file: str | None = None
+    password_secret: str | None = None
+    allow_plaintext_auth: bool = False
     timeout_s: float = 30.0
 
-    @property
-    def target(self) -> str:
-        """Where the mail goes, for status and logs."""
-        return f"{', '.join(self.to)} via {self.host}:{self.port}"
+    @field_validator("host", "username", mode="before")
+    @classmethod
+    def _text(cls, value, info):
+        return text(value, info.field_name)
+
+    @field_validator("password_env", "password_file", "password_secret", mode="before")
+    @classmethod
+    def _source(cls, value, info):
+        return check_ref(value, info.field_name, info.field_name.rpartition("_")[2])
+
+    @field_validator("security", mode="before")
+    @classmethod
+    def _security(cls, value):
+        return one_of(value, "security", SECURITY)
+
+    @field_validator("port", mode="before")
+    @classmethod
+    def _port(cls, value):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+            raise problem(f"port must be an integer from 1 to 65535, got {value!r}")
+        return value
+
+    @field_validator("sender", mode="before")
+    @classmethod
+    def _sender(cls, value):
+        text(value, "from")
+        if not ADDRESS.fullmatch(value):
+            raise problem(f"`from` must be a mail address, got {value!r}")
+        return value
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _to(cls, value):
+        to = [value] if isinstance(value, str) else value
+        if not isinstance(to, list) or not to or not all(isinstance(a, str) and ADDRESS.fullmatch(a) for a in to):
+            raise problem('`to` must be a list of mail addresses, e.g. to = ["ops@example.com"]')
+        return tuple(to)
+
+    @field_validator("allow_plaintext_auth", mode="before")
+    @classmethod
+    def _plaintext(cls, value):
+        if not isinstance(value, bool):
+            raise problem("allow_plaintext_auth must be true or false")
+        return value
+
+    @classmethod
+    def cross(cls, data: dict, context: dict) -> list[tuple[tuple, str]]:
+        found = _only_one(data, "password")
+        if ("username" in data) != bool(given(data, "password")):
+            found.append(((), "give both `username` and one of password_secret, password_env or password_file "
+                              "(or neither, for a relay that needs no login)"))
+        if "username" in data and data.get("security") == "none" and data.get("allow_plaintext_auth") is not True:
+            found.append(((), 'a login with security = "none" sends the password in clear; use '
+                              'security = "starttls" or "ssl" (or set allow_plaintext_auth = true for a local relay)'))
+        return found
+
+    def build(self, secrets: tuple[str, str]) -> EmailConfig:
+        return EmailConfig(host=self.host, port=self.port or DEFAULT_PORTS[self.security], security=self.security,
+                           sender=self.sender, to=self.to, username=self.username or "",
+                           password=ref(self, "password", secrets), ca_bundle=self.ca_bundle or "",
+                           timeout_s=self.timeout_s)
 
 
-@dataclass(frozen=True)
-class WebhookConfig:
-    url: str = ""                      # a literal URL ...
-    url_ref: SecretRef | None = None   # ... or one that is itself a secret (Slack, Teams, Discord)
-    headers: tuple[tuple[str, str | SecretRef], ...] = ()
-    ca_bundle: str = ""
+class WebhookTable(_Channel):
+    """``[reports.webhook]`` as written."""
+    url: str | None = None
+    url_env: str | None = None
+    url_file: str | None = None
+    url_secret: str | None = None
+    #: name -> a literal value, or ("env" | "file" | "secret", where)
+    headers: tuple[tuple[str, str | tuple[str, str]], ...] = ()
     timeout_s: float = 10.0
 
-    @property
-    def target(self) -> str:
-        """scheme://host[:port] only: a webhook's path and query often carry its token."""
-        if not self.url:
-            return f"the URL in {self.url_ref.kind} {self.url_ref.name}"
-        parts = urllib.parse.urlsplit(self.url)
-        return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+    @field_validator("url", mode="before")
+    @classmethod
+    def _url(cls, value):
+        text(value, "url")
+        if url_problem(value):
+            raise problem(url_problem(value))
+        if "@" in urllib.parse.urlsplit(value).netloc:
+            raise problem('the url holds credentials; give a secret URL with url_env, url_file or url_secret, '
+                          'or the credentials as a header ({ env = "VAR" })')
+        return value
+
+    @field_validator("url_env", "url_file", "url_secret", mode="before")
+    @classmethod
+    def _source(cls, value, info):
+        return check_ref(value, info.field_name, info.field_name.rpartition("_")[2])
+
+    @field_validator("headers", mode="before")
+    @classmethod
+    def _headers(cls, value):
+        if not isinstance(value, dict):
+            raise problem("must be a table", table=True)
+        headers, found = [], []
+        for name, item in value.items():
+            try:
+                headers.append((name, _header(name, item)))
+            except PydanticCustomError as exc:  # every header is checked
+                found.append(exc)
+        if found:
+            raise several(found)
+        return tuple(headers)
+
+    @classmethod
+    def cross(cls, data: dict, context: dict) -> list[tuple[tuple, str]]:
+        refs = given(data, "url")
+        if len(refs) > 1:
+            return _only_one(data, "url")
+        if ("url" in data) == bool(refs):
+            return [((), "give exactly one of url, url_env, url_file or url_secret")]
+        return []
+
+    def build(self, secrets: tuple[str, str]) -> WebhookConfig:
+        headers = tuple((name, v if isinstance(v, str) else SecretRef(*v, *secrets)) for name, v in self.headers)
+        return WebhookConfig(url=self.url or "", url_ref=ref(self, "url", secrets), headers=headers,
+                             ca_bundle=self.ca_bundle or "", timeout_s=self.timeout_s)
 
 
-@dataclass(frozen=True)
-class ReportsConfig:
+def _header(name: str, value) -> str | tuple[str, str]:
+    where = f"header {name}"
+    if not re.fullmatch(r"[A-Za-z0-9-]+", name):
+        raise problem(f"header name {name!r}: letters, digits and '-' only")
+    if isinstance(value, dict):
+        unknown = [k for k in value if k not in KINDS]
+        if unknown:
+            raise problem(f"{where} {unknown_keys(unknown, KINDS)}")
+        if len(value) != 1 or not isinstance(next(iter(value.values())), str):
+            raise problem(f"{where}: give exactly one of {_ONE_OF_REFS}")
+        kind, where_to = next(iter(value.items()))
+        if not where_to.strip():
+            raise problem(f"{where} must be a non-empty string")
+        return kind, check_ref(where_to, where, kind)
+    if not isinstance(value, str) or "\n" in value or "\r" in value:
+        raise problem(f'{where} must be a one-line string or {{ env = "VAR" }}')
+    if SECRET_HEADER.search(name):
+        raise problem(f"{where} looks secret: give its value as {_ONE_OF_REFS}, not inline")
+    return value
+
+
+class ReportsTable(Table):
+    """``[reports]`` as written."""
     when: str = "failure"
-    email: EmailConfig | None = None
-    webhook: WebhookConfig | None = None
-    #: a channel that fails is tried again this many times, backoff_s, 2x, 4x ... apart
     max_retries: int = 3
     backoff_s: float = 30.0
+    email: EmailTable | None = None
+    webhook: WebhookTable | None = None
 
-    @property
-    def channels(self) -> dict[str, EmailConfig | WebhookConfig]:
-        return {name: c for name, c in (("email", self.email), ("webhook", self.webhook)) if c is not None}
+    @field_validator("when", mode="before")
+    @classmethod
+    def _when(cls, value):
+        return one_of(value, "when", WHEN, quote=True)
 
+    @field_validator("max_retries", mode="before")
+    @classmethod
+    def _retries(cls, value):
+        return number(value, "max_retries", integer=True)
 
-def _error(message: str) -> Exception:
-    from tinabs_tasks.config.model import ConfigError# config imports this module: import at call time
-    return ConfigError(message)
+    @field_validator("backoff_s", mode="before")
+    @classmethod
+    def _backoff(cls, value):
+        return number(value, "backoff_s")
 
-
-def parse(table, path: str, secrets: tuple[str, str]) -> ReportsConfig:
-    """``[reports]`` of the config file at ``path``; ``secrets`` = (secrets dir, what chose it)."""
-    if table is None:
-        return ReportsConfig()
-    where = f"{path}: [reports]"
-    _table(table, where)
-    known(table, {"when", "max_retries", "backoff_s", "email", "webhook"}, where)
-    when = table.get("when", "failure")
-    if when not in WHEN:
-        raise _error(f"{where} when must be one of {', '.join(repr(w) for w in WHEN)}, got {when!r}")
-    email = _email(table["email"], f"{where[:-1]}.email]", secrets) if "email" in table else None
-    webhook = _webhook(table["webhook"], f"{where[:-1]}.webhook]", secrets) if "webhook" in table else None
-    return ReportsConfig(when=when, email=email, webhook=webhook,
-                         max_retries=int(number(table, "max_retries", 3, where, integer=True)),
-                         backoff_s=number(table, "backoff_s", 30.0, where))
-
-
-def _email(table, where: str, secrets) -> EmailConfig:
-    _table(table, where)
-    if "password" in table:
-        raise _error(f"{where} inline passwords are refused; use password_secret, password_env or password_file")
-    known(table, {"host", "port", "security", "from", "to", "username", "password_env", "password_file",
-                   "password_secret", "allow_plaintext_auth", "ca_bundle", "timeout_s"}, where)
-    security = table.get("security", "starttls")
-    if security not in SECURITY:
-        raise _error(f"{where} security must be one of {', '.join(SECURITY)}, got {security!r}")
-    to = table.get("to")
-    if isinstance(to, str):
-        to = [to]
-    if not isinstance(to, list) or not to or not all(isinstance(a, str) and ADDRESS.fullmatch(a) for a in to):
-        raise _error(f"{where} `to` must be a list of mail addresses, e.g. to = [\"ops@example.com\"]")
-    sender = string(table, "from", where, required=True)
-    if not ADDRESS.fullmatch(sender):
-        raise _error(f"{where} `from` must be a mail address, got {sender!r}")
-    username = string(table, "username", where)
-    password = secret_keys(table, "password", where, secrets)
-    if bool(username) != bool(password):
-        raise _error(f"{where} give both `username` and one of password_secret, password_env or password_file "
-                     "(or neither, for a relay that needs no login)")
-    if not isinstance(table.get("allow_plaintext_auth", False), bool):
-        raise _error(f"{where} allow_plaintext_auth must be true or false")
-    if username and security == "none" and table.get("allow_plaintext_auth") is not True:
-        raise _error(f"{where} a login with security = \"none\" sends the password in clear; use "
-                     "security = \"starttls\" or \"ssl\" (or set allow_plaintext_auth = true for a local relay)")
-    return EmailConfig(host=string(table, "host", where, required=True), port=_port(table, security, where),
-                       security=security, sender=sender, to=tuple(to), username=username, password=password,
-                       ca_bundle=string(table, "ca_bundle", where),
-                       timeout_s=number(table, "timeout_s", 30.0, where))
-
-
-def _port(table: dict, security: str, where: str) -> int:
-    port = table.get("port", DEFAULT_PORTS[security])
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-        raise _error(f"{where} port must be an integer from 1 to 65535, got {port!r}")
-    return port
-
-
-def _webhook(table, where: str, secrets) -> WebhookConfig:
-    _table(table, where)
-    known(table, {"url", "url_env", "url_file", "url_secret", "headers", "ca_bundle", "timeout_s"}, where)
-    url_ref = secret_keys(table, "url", where, secrets)
-    url = string(table, "url", where)
-    if bool(url) == bool(url_ref):
-        raise _error(f"{where} give exactly one of url, url_env, url_file or url_secret")
-    if url:
-        check_url(url, where)
-        if "@" in urllib.parse.urlsplit(url).netloc:
-            raise _error(f"{where} the url holds credentials; give a secret URL with url_env, url_file or "
-                         "url_secret, or the credentials as a header ({ env = \"VAR\" })")
-    headers = table.get("headers", {})
-    _table(headers, f"{where[:-1]}.headers]")
-    return WebhookConfig(url=url, url_ref=url_ref,
-                         headers=tuple(_header(n, v, where, secrets) for n, v in headers.items()),
-                         ca_bundle=string(table, "ca_bundle", where),
-                         timeout_s=number(table, "timeout_s", 10.0, where))
-
-
-def check_url(url: str, where: str) -> None:
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _error(f"{where} the webhook URL must be http:// or https:// with a host")
-
-
-def _header(name: str, value, where: str, secrets) -> tuple[str, str | SecretRef]:
-    if not re.fullmatch(r"[A-Za-z0-9-]+", name):
-        raise _error(f"{where} header name {name!r}: letters, digits and '-' only")
-    if isinstance(value, dict):
-        known(value, set(_SOURCES), f"{where} header {name}")
-        if len(value) != 1 or not isinstance(next(iter(value.values())), str):
-            raise _error(f"{where} header {name}: give exactly one of {{ env = \"VAR\" }}, {{ file = \"/path\" }} "
-                         "or { secret = \"name\" }")
-        kind, ref = next(iter(value.items()))
-        return name, _ref(kind, ref, f"{where} header {name}", secrets)
-    if not isinstance(value, str) or "\n" in value or "\r" in value:
-        raise _error(f"{where} header {name} must be a one-line string or {{ env = \"VAR\" }}")
-    if SECRET_HEADER.search(name):
-        raise _error(f"{where} header {name} looks secret: give its value as {{ env = \"VAR\" }}, "
-                     "{ file = \"/path\" } or { secret = \"name\" }, not inline")
-    return name, value
-
-
-def secret_keys(table: dict, stem: str, where: str, secrets) -> SecretRef | None:
-    """``<stem>_env`` / ``<stem>_file`` / ``<stem>_secret``: at most one, as for pool passwords."""
-    given = [k for k in _SOURCES if f"{stem}_{k}" in table]
-    if len(given) > 1:
-        raise _error(f"{where} give only one of {', '.join(f'{stem}_{k}' for k in given)}")
-    if not given:
-        return None
-    key = f"{stem}_{given[0]}"
-    return _ref(given[0], string(table, key, where, required=True), f"{where} {key}", secrets)
-
-
-def _ref(kind: str, value: str, where: str, secrets) -> SecretRef:
-    if not value:
-        raise _error(f"{where} must be a non-empty string")
-    if kind == "file" and not os.path.isabs(value):
-        raise _error(f"{where} must be an absolute path, got {value!r}")
-    if kind == "secret" and ("/" in value or "\0" in value or value in (".", "..")):
-        raise _error(f"{where} is a file name in the secrets directory, not a path (got {value!r})")
-    return SecretRef(kind, value, *secrets) if kind == "secret" else SecretRef(kind, value)
-
-
-def _table(value, where: str) -> None:
-    if not isinstance(value, dict):
-        raise _error(f"{where} must be a table")
-
-
-def known(table: dict, allowed: set[str], where: str) -> None:
-    unknown = sorted(set(table) - allowed)
-    if unknown:
-        raise _error(f"{where} unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
-
-
-def string(table: dict, key: str, where: str, required: bool = False) -> str:
-    value = table.get(key)
-    if value is None and required:
-        raise _error(f"{where} missing required key `{key}`")
-    if value is not None and (not isinstance(value, str) or not value.strip()):
-        raise _error(f"{where} `{key}` must be a non-empty string")
-    return value or ""
-
-
-def number(table: dict, key: str, default, where: str, integer: bool = False):
-    value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) or value < 0:
-        kind = "a non-negative integer" if integer else "a non-negative number"
-        raise _error(f"{where} {key} must be {kind}, got {value!r}")
-    return value if integer else float(value)
+    def build(self, secrets: tuple[str, str]) -> ReportsConfig:
+        return ReportsConfig(when=self.when, email=self.email and self.email.build(secrets),
+                             webhook=self.webhook and self.webhook.build(secrets), max_retries=self.max_retries,
+                             backoff_s=self.backoff_s)

@@ -9,18 +9,18 @@ network: browsers treat http://localhost and http://127.0.0.1 as secure already)
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
 
-from tinabs_tasks.config.reports import SecretRef, _error, known, number, secret_keys, string
+from pydantic import field_validator
+
+from tinabs_tasks.config.base import Record, Table, http_url, number, text
+from tinabs_tasks.config.errors import ConfigError, problem
+from tinabs_tasks.config.sources import SecretRef, check_ref, given, ref
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 PASSWORD_ENV = "TINABS_WEB_PASSWORD"
-_KEYS = {"listen", "username", "password_env", "password_file", "password_secret", "flower_url",
-         "secure_cookies", "session_hours", "tls_cert", "tls_key", "answer_wait_s"}
 
 
-@dataclass(frozen=True)
-class WebConfig:
+class WebConfig(Record):
     listen: str = DEFAULT_LISTEN
     username: str = "admin"
     password: SecretRef = SecretRef("env", PASSWORD_ENV)
@@ -38,13 +38,20 @@ class WebConfig:
         return split_listen(self.listen, "[web] listen")
 
 
-def split_listen(value: str, where: str) -> tuple[str, int]:
-    """"HOST:PORT" ("[::1]:8080" for IPv6) -> (host, port), or a ConfigError saying what is wrong."""
+def _listen_problem(value: str) -> str:
     host, sep, port = value.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise _error(f"{where} must look like \"127.0.0.1:8080\" (HOST:PORT), got {value!r}")
-    return host, int(port)
+        return f"must look like \"127.0.0.1:8080\" (HOST:PORT), got {value!r}"
+    return ""
+
+
+def split_listen(value: str, where: str) -> tuple[str, int]:
+    """"HOST:PORT" ("[::1]:8080" for IPv6) -> (host, port), or a ConfigError saying what is wrong."""
+    if _listen_problem(value):
+        raise ConfigError(f"{where} {_listen_problem(value)}")
+    host, _, port = value.rpartition(":")
+    return (host[1:-1] if host.startswith("[") and host.endswith("]") else host), int(port)
 
 
 def is_loopback(host: str) -> bool:
@@ -56,33 +63,70 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def parse(table, path: str, secrets: tuple[str, str]) -> WebConfig:
-    if table is None:
-        return WebConfig()
-    where = f"{path}: [web]"
-    if not isinstance(table, dict):
-        raise _error(f"{where} must be a table")
-    known(table, _KEYS, where)
-    if "password" in table:
-        raise _error(f"{where} inline passwords are refused; use password_secret, password_env or password_file")
-    listen = string(table, "listen", where) or DEFAULT_LISTEN
-    split_listen(listen, f"{where} listen")
-    flower = string(table, "flower_url", where)
-    if flower and not flower.startswith(("http://", "https://")):
-        raise _error(f"{where} flower_url must be an http:// or https:// URL, got {flower!r}")
-    secure = table.get("secure_cookies", True)
-    if not isinstance(secure, bool):
-        raise _error(f"{where} secure_cookies must be true or false, got {secure!r}")
-    hours = number(table, "session_hours", 12.0, where)
-    if hours <= 0:
-        raise _error(f"{where} session_hours must be above 0")
-    wait = number(table, "answer_wait_s", 20.0, where)
-    if wait <= 0:
-        raise _error(f"{where} answer_wait_s must be above 0")
-    cert, key = string(table, "tls_cert", where), string(table, "tls_key", where)
-    if bool(cert) != bool(key):
-        raise _error(f"{where} give both tls_cert and tls_key (or neither)")
-    return WebConfig(listen=listen, username=string(table, "username", where) or "admin",
-                     password=secret_keys(table, "password", where, secrets) or SecretRef("env", PASSWORD_ENV),
-                     flower_url=flower.rstrip("/"), secure_cookies=secure, session_hours=hours,
-                     tls_cert=cert, tls_key=key, answer_wait_s=wait)
+class WebTable(Table):
+    """``[web]`` as written."""
+    refused = {"password": "inline passwords are refused; use password_secret, password_env or password_file"}
+    listen: str = DEFAULT_LISTEN
+    username: str = "admin"
+    password_env: str | None = None
+    password_file: str | None = None
+    password_secret: str | None = None
+    flower_url: str = ""
+    secure_cookies: bool = True
+    session_hours: float = 12.0
+    tls_cert: str = ""
+    tls_key: str = ""
+    answer_wait_s: float = 20.0
+
+    @field_validator("username", "tls_cert", "tls_key", mode="before")
+    @classmethod
+    def _text(cls, value, info):
+        return text(value, info.field_name)
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _listen(cls, value):
+        text(value, "listen")
+        if _listen_problem(value):
+            raise problem(f"listen {_listen_problem(value)}")
+        return value
+
+    @field_validator("password_env", "password_file", "password_secret", mode="before")
+    @classmethod
+    def _source(cls, value, info):
+        return check_ref(value, info.field_name, info.field_name.rpartition("_")[2])
+
+    @field_validator("flower_url", mode="before")
+    @classmethod
+    def _flower(cls, value):
+        return http_url(value, "flower_url").rstrip("/")
+
+    @field_validator("secure_cookies", mode="before")
+    @classmethod
+    def _secure(cls, value):
+        if not isinstance(value, bool):
+            raise problem(f"secure_cookies must be true or false, got {value!r}")
+        return value
+
+    @field_validator("session_hours", "answer_wait_s", mode="before")
+    @classmethod
+    def _positive(cls, value, info):
+        if number(value, info.field_name) <= 0:
+            raise problem(f"{info.field_name} must be above 0")
+        return float(value)
+
+    @classmethod
+    def cross(cls, data: dict, context: dict) -> list[tuple[tuple, str]]:
+        found = []
+        sources = given(data, "password")
+        if len(sources) > 1:
+            found.append(((), f"give only one of {', '.join(sources)}"))
+        if ("tls_cert" in data) != ("tls_key" in data):
+            found.append(((), "give both tls_cert and tls_key (or neither)"))
+        return found
+
+    def build(self, secrets: tuple[str, str]) -> WebConfig:
+        return WebConfig(listen=self.listen, username=self.username, flower_url=self.flower_url,
+                         password=ref(self, "password", secrets) or SecretRef("env", PASSWORD_ENV),
+                         secure_cookies=self.secure_cookies, session_hours=self.session_hours,
+                         tls_cert=self.tls_cert, tls_key=self.tls_key, answer_wait_s=self.answer_wait_s)
