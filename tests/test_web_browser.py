@@ -115,9 +115,9 @@ def test_a_sysadmin_session_in_the_browser(dep, browser):
     box.send_keys(today)
     box.submit()
     wait_for(lambda: "q=" in d.current_url, 30, "the filtered page", explain=shown)
-    shown = d.find_elements(By.CSS_SELECTOR, "tr.vm")
-    assert len(shown) == len(wanted), [r.text for r in shown]
-    assert all(today in r.text for r in shown)
+    listed = d.find_elements(By.CSS_SELECTOR, "tr.vm")
+    assert len(listed) == len(wanted), [r.text for r in listed]
+    assert all(today in r.text for r in listed)
 
     # -- today's tag backup: plan with estimates, then start, then watch it to 100 % ------------------
     dep.sim.add_fault({"handler": "/export", "delay_s": 1.5, "times": len(wanted)})  # slow enough to watch

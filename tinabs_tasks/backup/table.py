@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from tinabs_tasks.backup import cleanup, copy, disks, export, metadata, skeleton, snapshot, vifs
+from tinabs_tasks.backup.modes import MODES  # noqa: F401 (the stages of each mode, in order)
 
 
 @dataclass(frozen=True)
@@ -52,11 +53,6 @@ STAGES = {s.name: s for s in (
     Stage("cleanup", cleanup.run, priority=1, obeys_abort=False, ends_run=True),
 )}
 
-#: the stages of each mode, in order
-MODES = {
-    "export": ("snapshot", "skeleton", "disks", "vifs", "export", "cleanup"),
-    "sr-copy": ("snapshot", "skeleton", "disks", "vifs", "copy", "metadata", "cleanup"),
-}
 
 #: the tasks that are no stage, and their priority (plan and compensation come before any stage)
 PLAN_PRIORITY = 0

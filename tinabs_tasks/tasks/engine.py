@@ -56,7 +56,7 @@ class StageTask(Task):
     ignore_result = True  # nothing reads a stage's result: state is in the run record, Flower reads events
     track_started = False
 
-    def run(self, ctx: dict) -> str:
+    def run(self, ctx: dict) -> dict:
         stage, run = self.stage, ctx["run"]
         index = table.index_of(ctx["mode"], stage.name)
         record = RunRecord(services.redis(), run, CFG.limits.lease_s)
@@ -122,14 +122,16 @@ class StageTask(Task):
         jobs.update_run(ctx["run"], state=RunState.RETRYING.value, error=decision.reason, retries=failures + 1)
         return self.retry(args=(ctx,), countdown=decision.countdown, max_retries=None)
 
-    def after(self, ctx: dict) -> str:
-        """Send the run's next stage, or end the run after its last."""
+    def after(self, ctx: dict) -> dict:
+        """Send the run's next stage, or end the run after its last; what the task returns (for
+        Flower and the worker's log: which run, pool and VM; never the whole context)."""
         following = table.next_stage(ctx["mode"], self.stage.name)
         if following is not None:
             send_stage(ctx, following)
-            return f"{ctx['pool']}/{ctx['vm']['name']}: {self.stage.name} done"
-        end_run(ctx)
-        return f"{ctx['pool']}/{ctx['vm']['name']}: backed up"
+        else:
+            end_run(ctx)
+        return {"run": ctx["run"], "pool": ctx["pool"], "vm": ctx["vm"]["name"], "stage": self.stage.name,
+                "next": following or "done"}
 
 
 def send_stage(ctx: dict, stage: str) -> None:

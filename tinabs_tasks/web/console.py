@@ -19,6 +19,7 @@ from tinabs_tasks.runs.jobstart import check_pools, start_job
 from tinabs_tasks.runs import requests
 from tinabs_tasks.runs.redis_client import client
 from tinabs_tasks.schedule.times import WEEKDAYS
+from tinabs_tasks.backup.modes import MODES
 from tinabs_tasks.backup.selection import describe
 
 #: a pool's inventory is asked again after this (or on "refresh")
@@ -124,7 +125,6 @@ class Console:
 
     def preview(self, selector: dict, mode: str, pools: list[str]) -> dict:
         """What the job would back up now, per pool (plan.select on a worker), with estimates."""
-        from tinabs_tasks.tasks.console import preview
         per_pool = [{"vms": [], "notes": [], **data}
                     for _p, data in sorted(self.ask("tinabs.preview", pools, lambda p: (p, selector, mode)).items())]
         vms = [vm for p in per_pool for vm in p["vms"]]
@@ -256,10 +256,9 @@ class Console:
 
 def run_fraction(run: dict) -> float:
     """How far a run is, 0..1: its stages done plus the current stage's own progress."""
-    from tinabs_tasks.tasks.backup import STAGES
     if RunState(run["state"]).terminal:
         return 1.0
-    names = STAGES.get(run.get("mode", ""), ())
+    names = MODES.get(run.get("mode", ""), ())
     stage = (run.get("stage") or "").split(":")[0]
     if stage not in names:
         return 0.0
