@@ -15,7 +15,9 @@ stage times:
   * per host: the exports it streams (its bandwidth is shared by them);
   * overall: all stage time / worker slots.
 Prints ``name: value`` lines: sequential_s, parallel_s, speedup_vs_sequential,
-ideal_s, efficiency_vs_ideal (target >= 0.85).
+ideal_s, efficiency_vs_ideal (target >= 0.85), and where each stage's time went in the parallel
+run (bench/timeline.py: time queued, Redis round trips and time, XAPI calls, task polls and time,
+sleeping between polls, the work itself), with ``redis_rt_per_stage`` and ``xapi_calls_per_chain``.
 """
 from __future__ import annotations
 
@@ -29,6 +31,11 @@ import time
 from collections import defaultdict
 
 from tinabs_tasks.dev.localrun import free_port, private_redis, stop_all
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import timeline  # noqa: E402
+
+INSTRUMENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "instrument")
 
 POOLS, VMS, HOSTS = 4, 8, 2
 LATENCY_S = float(os.environ.get("BENCH_LATENCY_S", "0.3"))
@@ -171,11 +178,14 @@ def main() -> None:
                                         capture_output=True, text=True).stdout)
         sequential_s = time.perf_counter() - began
 
+        lines_file = os.path.join(root, "timeline.jsonl")
+        worker_env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [INSTRUMENT, env.get("PYTHONPATH")])),
+                      "TINABS_TIMELINE_FILE": lines_file}
         for i in range(WORKERS):
             log = os.path.join(root, f"worker{i}.log")
             procs.append(start([sys.executable, "-m", "celery", "-A", "tinabs_tasks", "worker", "-l", "info", "-c",
                                 str(CONCURRENCY), "-n", f"bench{i}@%h", "--without-mingle", "--without-gossip"],
-                               env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT))
+                               env=worker_env, stdout=open(log, "w"), stderr=subprocess.STDOUT))
             wait_ready(log, procs[-1])
         cpu_before, sim_before = cpu_busy_s(), process_cpu_s(sim.pid)
         began = time.perf_counter()
@@ -202,6 +212,11 @@ def main() -> None:
         print(f"efficiency_vs_ideal: {ideal / makespan_s:.2f}")
         print(f"parallel_cpu_utilisation: {cpu_used / (parallel_s * os.cpu_count()):.2f}")
         print(f"simulator_cpu_share: {sim_used / parallel_s:.2f}")
+        stages = timeline.per_stage(timeline.read(lines_file))
+        for name, value in timeline.chain_figures(stages, ("snapshot", "skeleton", "disks", "vifs", "export",
+                                                           "cleanup")).items():
+            print(f"{name}: {value:.1f}")
+        print("timeline (per task, averages):\n" + timeline.table(stages))
     finally:
         stop_all(procs)
         if os.environ.get("BENCH_KEEP"):
