@@ -124,7 +124,6 @@ class Console:
 
     def preview(self, selector: dict, mode: str, pools: list[str]) -> dict:
         """What the job would back up now, per pool (plan.select on a worker), with estimates."""
-        from tinabs_tasks.tasks.console import preview
         per_pool = [{"vms": [], "notes": [], **data}
                     for _p, data in sorted(self.ask("tinabs.preview", pools, lambda p: (p, selector, mode)).items())]
         vms = [vm for p in per_pool for vm in p["vms"]]
@@ -256,10 +255,10 @@ class Console:
 
 def run_fraction(run: dict) -> float:
     """How far a run is, 0..1: its stages done plus the current stage's own progress."""
-    from tinabs_tasks.tasks.backup import STAGES
+    from tinabs_tasks.backup.table import MODES  # the stage order per mode (a producer never imports tasks/)
     if RunState(run["state"]).terminal:
         return 1.0
-    names = STAGES.get(run.get("mode", ""), ())
+    names = MODES.get(run.get("mode", ""), ())
     stage = (run.get("stage") or "").split(":")[0]
     if stage not in names:
         return 0.0
