@@ -1,6 +1,7 @@
 """Exceptions stages raise to steer the retry policy."""
 from __future__ import annotations
 
+from tinabs_tasks.runs.slots import WaitForSlot  # noqa: F401 (raised by the transfer stages)
 from tinabs_tasks.xapi.errors import StageError
 
 
@@ -9,11 +10,6 @@ class Permanent(StageError):
 
     def __init__(self, message: str, code: str = "PERMANENT"):
         super().__init__(message, transient=False, code=code)
-
-
-class WaitForSlot(Exception):
-    """The pool's export/copy limit is reached, or another worker holds this run's lease:
-    come back shortly. Not a failure, so it does not use up retries."""
 
 
 class StageFailed(Exception):

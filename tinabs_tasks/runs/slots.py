@@ -12,7 +12,11 @@ import contextlib
 import time
 
 from tinabs_tasks.runs.lease import Heartbeat, Lease, PoolSemaphore
-from tinabs_tasks.backup.errors import WaitForSlot
+
+
+class WaitForSlot(Exception):
+    """The pool's export/copy limit is reached, or another worker holds this run's lease:
+    come back shortly. Not a failure, so it does not use up retries."""
 
 
 SLOT_POLL_S = 0.25
