@@ -44,6 +44,29 @@ def open_get(base_url: str, path: str, query: dict, context, timeout: float = 30
     raise http.client.HTTPException(f"too many redirects for {path}")
 
 
+class _Rings:
+    """Rings of buffers kept for the next transfer: zeroing 16 MiB for every download costs more
+    CPU than a small backup's whole transfer.  A process keeps as many rings as it ran transfers
+    at once (one, in a prefork worker's child)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._kept: list[list[bytearray]] = []
+
+    def take(self) -> list[bytearray]:
+        with self._lock:
+            if self._kept:
+                return self._kept.pop()
+        return [bytearray(BUFFER) for _ in range(RING)]
+
+    def give(self, ring: list[bytearray]) -> None:
+        with self._lock:
+            self._kept.append(ring)
+
+
+_RINGS = _Rings()
+
+
 def stream_to(resp, sinks, progress=None, expect_tar_end: bool = True) -> int:
     """Copy the body into each ``sink(memoryview)``; returns bytes; StreamCut if incomplete.
 
@@ -53,7 +76,14 @@ def stream_to(resp, sinks, progress=None, expect_tar_end: bool = True) -> int:
     sum.  Each sink sees every chunk, in order, from one thread; a buffer is
     reused once every sink is done with it.
     """
-    ring = [bytearray(BUFFER) for _ in range(RING)]
+    ring = _RINGS.take()
+    try:
+        return _stream(resp, sinks, progress, expect_tar_end, ring)
+    finally:
+        _RINGS.give(ring)  # every sink thread has let go of it (joined below)
+
+
+def _stream(resp, sinks, progress, expect_tar_end: bool, ring: list[bytearray]) -> int:
     free: queue.Queue = queue.Queue()
     for i in range(RING):
         free.put(i)
