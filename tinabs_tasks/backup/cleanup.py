@@ -23,15 +23,26 @@ from tinabs_tasks.xapi import markers
 def run(env, ctx: dict) -> dict:
     xapi = env.xapi
     x = xapi.x
-    vdis = _named_records(x, "VDI", ctx, _vdi_labels(ctx), ("snapshot", "system_disk", "system_copy"))
-    for copy, rec in vdis.items():
-        other = rec["other_config"]
-        if other.get(markers.ROLE) == markers.Role.SYSTEM_COPY and other.get(markers.KEEP) != "true":
-            other[markers.KEEP] = "true"
-            x.VDI.set_other_config(copy, other)
-    vms = _named_records(x, "VM", ctx, [markers.name(ctx, "backup")], ("backup_vm",))
-    remove_pool_objects(xapi, ctx["run"], vdis=vdis, vms=list(vms))
+    vdis = _named(x, "VDI", ctx, _vdi_labels(ctx), ("snapshot", "system_disk", "system_copy"))
+    copy_label = markers.name(ctx, "system copy")
+    records = {}
+    for ref, label in vdis.items():
+        kept = label == copy_label
+        if kept and _keep(x, ref) is _GONE:
+            continue
+        records[ref] = {"other_config": {markers.KEEP: "true"} if kept else {}}
+    vms = _named(x, "VM", ctx, [markers.name(ctx, "backup")], ("backup_vm",))
+    remove_pool_objects(xapi, ctx["run"], vdis=records, vms=list(vms))
     return ctx
+
+
+def _keep(x, copy: str):
+    """Mark the sr-copy VDI kept (it is the backup); _GONE if it no longer exists."""
+    other = _ignore_gone(x.VDI.get_other_config, copy)
+    if other is not _GONE and other.get(markers.KEEP) != "true":
+        other[markers.KEEP] = "true"
+        x.VDI.set_other_config(copy, other)
+    return other
 
 
 def _vdi_labels(ctx: dict) -> list[str]:
@@ -42,20 +53,21 @@ def _vdi_labels(ctx: dict) -> list[str]:
                                                   *(f"data {device}" for device in data))]
 
 
-def _named_records(x, cls: str, ctx: dict, labels: list[str], ref_keys: tuple[str, ...]) -> dict[str, dict]:
-    """The run's ``cls`` objects found by name (and the refs the context holds), with their records."""
-    api, refs = getattr(x, cls), []
+def _named(x, cls: str, ctx: dict, labels: list[str], ref_keys: tuple[str, ...]) -> dict[str, str]:
+    """The run's ``cls`` objects, ref -> the name they carry: found by name (each label ends with the
+    run id, so an exact match is this run's), plus the refs the context holds (read only if a
+    lookup missed them)."""
+    api, found = getattr(x, cls), {}
     for label in labels:
-        refs += api.get_by_name_label(label)
-    refs += [ctx["refs"][k] for k in ref_keys if ctx.get("refs", {}).get(k)]
-    found = {}
-    for ref in dict.fromkeys(refs):
-        try:
-            rec = api.get_record(ref)
-        except XenAPI.Failure:  # gone already
+        for ref in api.get_by_name_label(label):
+            found.setdefault(ref, label)
+    for key in ref_keys:
+        ref = ctx.get("refs", {}).get(key)
+        if not ref or ref in found:
             continue
-        if markers.is_ours(rec, ctx["run"]):
-            found[ref] = rec
+        rec = _ignore_gone(api.get_record, ref)
+        if rec is not _GONE and markers.is_ours(rec, ctx["run"]):
+            found[ref] = rec.get("name_label", "")
     return found
 
 

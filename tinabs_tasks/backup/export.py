@@ -39,7 +39,8 @@ def run(env, ctx: dict) -> dict:
     if earlier:
         ctx["result"] = earlier
         return ctx
-    needed = expected_size(xapi, ctx)
+    needed = xva_size([tuple(d) for d in ctx["estimate_disks"]]) if ctx.get("estimate_disks") \
+        else expected_size(xapi, ctx)  # (a run started before the snapshot stage recorded them)
     assert_room(dest, needed, reserve)
     with slots.hold(ctx["run"], "export") as beat:
         began = time.time()

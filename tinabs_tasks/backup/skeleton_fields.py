@@ -27,8 +27,10 @@ def create_args(original: dict) -> dict:
     return args
 
 
-def summary(x, rec: dict) -> dict:
-    """What the manifest records about the skeleton (no secrets, no refs)."""
+def summary(x, rec: dict, vbds: dict | None = None, vdis: dict | None = None) -> dict:
+    """What the manifest records about the skeleton (no secrets, no refs); ``vbds``/``vdis``: the
+    VM's VBD and disk records by ref, when the caller has read them already."""
+    vbds, vdis = vbds or {}, vdis or {}
     vifs = []
     for vif in rec["VIFs"]:
         v = x.VIF.get_record(vif)
@@ -37,10 +39,10 @@ def summary(x, rec: dict) -> dict:
                      "qos_algorithm_type": v["qos_algorithm_type"]})
     disks = []
     for vbd in rec["VBDs"]:
-        b = x.VBD.get_record(vbd)
+        b = vbds.get(vbd) or x.VBD.get_record(vbd)
         entry = {"userdevice": b["userdevice"], "type": b["type"], "mode": b["mode"], "bootable": b["bootable"]}
         if b["VDI"] != NULL_REF and b["type"] == "Disk":
-            d = x.VDI.get_record(b["VDI"])
+            d = vdis.get(b["VDI"]) or x.VDI.get_record(b["VDI"])
             entry.update(virtual_size=int(d["virtual_size"]), vdi_type=d["type"], name=d["name_label"])
         disks.append(entry)
     return {

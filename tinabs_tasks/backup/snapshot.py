@@ -38,8 +38,8 @@ def run(env, ctx: dict) -> dict:
         raise Permanent(f"{ctx['vm']['name']} is a template, snapshot or control domain: not backed up",
                         "VM_IS_TEMPLATE")
     system_vbd = system_vdi = None
-    for vbd in rec["VBDs"]:
-        vbd_rec = x.VBD.get_record(vbd)
+    vbds = {vbd: x.VBD.get_record(vbd) for vbd in rec["VBDs"]}
+    for vbd, vbd_rec in vbds.items():
         if vbd_rec["userdevice"] == "0" and vbd_rec["type"] == "Disk" and vbd_rec["VDI"] != NULL_REF:
             system_vbd, system_vdi = vbd, vbd_rec["VDI"]
     if system_vdi is None:
@@ -51,8 +51,20 @@ def run(env, ctx: dict) -> dict:
         snap = xapi.call_async_marked("VDI.snapshot", system_vdi, {}, run=ctx["run"], progress=report.fraction)
         _mark_or_destroy(x, snap, ctx)
     ctx["refs"].update(source_vm=vm, system_vbd=system_vbd, system_vdi=system_vdi, snapshot=snap)
-    ctx["skeleton"] = summary(x, rec)
+    vdis = {b["VDI"]: x.VDI.get_record(b["VDI"]) for b in vbds.values() if b["VDI"] != NULL_REF and b["type"] == "Disk"}
+    ctx["skeleton"] = summary(x, rec, vbds, vdis)
+    ctx["estimate_disks"] = estimate_disks(vbds, vdis, system_vdi)
     return ctx
+
+
+def estimate_disks(vbds: dict, vdis: dict, system_vdi: str) -> list[list[int]]:
+    """(physical_utilisation, virtual_size) of the backup VM's disks, for export.xva_size: the system
+    disk's data as the snapshot took it, and the data disks, recreated empty."""
+    out = [[int(vdis[system_vdi]["physical_utilisation"]), int(vdis[system_vdi]["virtual_size"])]]
+    for b in vbds.values():
+        if b["userdevice"] != "0" and b["VDI"] in vdis:
+            out.append([0, int(vdis[b["VDI"]]["virtual_size"])])
+    return out
 
 
 def _earlier_snapshot(x, system_vdi: str, run: str) -> str | None:

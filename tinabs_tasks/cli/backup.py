@@ -124,7 +124,13 @@ def follow(store, job_id: str, quiet: bool, timeout: float = 0) -> dict:
             print("  (no worker has planned this job yet: is `celery -A tinabs_tasks worker` running "
                   "with access to these pools?)", flush=True)
             hinted = True
-        time.sleep(0.2)
+        time.sleep(poll_interval(len(job["runs"])))
+
+
+def poll_interval(runs: int) -> float:
+    """How often --wait reads the job: 5 times a second for a few VMs, once a second for a
+    thousand (each read fetches every run's state)."""
+    return min(1.0, 0.2 + runs / 1250)
 
 
 def _print_changes(job: dict, last: dict[str, str]) -> None:
