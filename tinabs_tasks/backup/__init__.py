@@ -2,5 +2,7 @@
 
 Every stage may run more than once (retries, Redis redelivery, a worker killed
 mid-stage).  Each docstring says what it creates, how it finds what an
-earlier attempt of the same run made (by marker), and how it is undone.
+earlier attempt of the same run made (by marker), and how it is undone.  Stages look for an earlier
+attempt's work only when ``env.again`` says an earlier delivery started them (the run record
+knows): a first delivery has made nothing yet, and the lookups cost XAPI calls.
 """

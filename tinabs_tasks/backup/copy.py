@@ -21,7 +21,7 @@ def run(env, ctx: dict) -> dict:
         raise Permanent(f"pool `{xapi.pool.name}` has no backup_sr configured; sr-copy mode needs one",
                         "NO_BACKUP_SR")
     label = markers.name(ctx, "system copy")
-    copy = markers.find_named(x, "VDI", label, ctx["run"])
+    copy = markers.find_named(x, "VDI", label, ctx["run"]) if env.again else None  # (only a re-run made one)
     if copy is None:
         backup_sr = xapi.sr_by_name_or_uuid(xapi.pool.backup_sr)
         with slots.hold(ctx["run"], "copy"):

@@ -6,7 +6,8 @@ sharable, read_only) created with its markers (role data-disk:<userdevice>),
 and one VBD per device on the backup VM (same userdevice, mode, bootable).
 In export mode, a VDI.clone of the snapshot (role system-disk).
 Earlier attempt: VBDs already on the backup VM are skipped by userdevice;
-VDIs are found by their run-specific name.
+VDIs are found by their run-specific name (looked up only when an earlier
+delivery started this stage: a first one has made nothing yet).
 Undone by: cleanup / compensation (VM.destroy drops VBDs; VDIs by marker).
 """
 from __future__ import annotations
@@ -26,12 +27,12 @@ def run(env, ctx: dict) -> dict:
     # Every disk is started before any is waited for: the storage creates them side by side.
     started = []
     if ctx["mode"] == "export" and "0" not in taken:
-        started.append((x.VBD.get_record(ctx["refs"]["system_vbd"]), _start_system_clone(xapi, ctx)))
+        started.append((x.VBD.get_record(ctx["refs"]["system_vbd"]), _start_system_clone(xapi, ctx, env.again)))
     for rec in wanted:
         if rec["type"] == "CD":
             started.append((rec, (NULL_REF, None)))
         elif rec["type"] == "Disk" and rec["VDI"] != NULL_REF:
-            started.append((rec, _start_empty_disk(xapi, shared_sr, rec, ctx)))
+            started.append((rec, _start_empty_disk(xapi, shared_sr, rec, ctx, env.again)))
     failure = None
     for template, (vdi, task) in started:
         try:
@@ -49,12 +50,12 @@ def run(env, ctx: dict) -> dict:
     return ctx
 
 
-def _start_empty_disk(xapi, sr: str, vbd: dict, ctx: dict) -> tuple[str | None, str | None]:
+def _start_empty_disk(xapi, sr: str, vbd: dict, ctx: dict, again: bool) -> tuple[str | None, str | None]:
     """(existing VDI, None) if an earlier attempt made it, else (None, task creating it)."""
     x = xapi.x
     role = f"{markers.Role.DATA_DISK}:{vbd['userdevice']}"
     label = markers.name(ctx, f"data {vbd['userdevice']}")
-    existing = markers.find_named(x, "VDI", label, ctx["run"])
+    existing = markers.find_named(x, "VDI", label, ctx["run"]) if again else None
     if existing:
         return existing, None
     src = x.VDI.get_record(vbd["VDI"])
@@ -65,8 +66,8 @@ def _start_empty_disk(xapi, sr: str, vbd: dict, ctx: dict) -> tuple[str | None, 
         "sm_config": {}, "xenstore_data": {}, "tags": []})
 
 
-def _start_system_clone(xapi, ctx: dict) -> tuple[str | None, str | None]:
-    clone = markers.find_named(xapi.x, "VDI", markers.name(ctx, "system disk"), ctx["run"])
+def _start_system_clone(xapi, ctx: dict, again: bool) -> tuple[str | None, str | None]:
+    clone = markers.find_named(xapi.x, "VDI", markers.name(ctx, "system disk"), ctx["run"]) if again else None
     if clone is not None:
         return clone, None
     return None, xapi.start_async("VDI.clone", ctx["refs"]["snapshot"], {})

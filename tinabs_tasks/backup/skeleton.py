@@ -3,7 +3,8 @@
 Creates: one halted VM (``VM.create``) with the original's CPUs, memory,
 platform, boot, PV and HA fields, tags and other_config, plus the markers
 (role backup-vm) written in the same call, named ``[tinabs] <vm> backup <run>``.
-Earlier attempt: a VM of that name carrying this run's marker is reused.
+Earlier attempt: a VM of that name carrying this run's marker is reused (looked for only
+when an earlier delivery started this stage; the run record says so).
 Undone by: cleanup / compensation (VM.destroy).
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ def run(env, ctx: dict) -> dict:
     xapi, report = env.xapi, env.report
     x = xapi.x
     label = markers.name(ctx, "backup")
-    vm = markers.find_named(x, "VM", label, ctx["run"])
+    vm = markers.find_named(x, "VM", label, ctx["run"]) if env.again else None  # (only a re-run made one)
     if vm is None:
         args = create_args(x.VM.get_record(ctx["refs"]["source_vm"]))
         args["name_label"] = label

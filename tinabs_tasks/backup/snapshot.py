@@ -44,7 +44,7 @@ def run(env, ctx: dict) -> dict:
             system_vbd, system_vdi = vbd, vbd_rec["VDI"]
     if system_vdi is None:
         raise Permanent(f"{ctx['vm']['name']} has no system disk at userdevice 0", "NO_SYSTEM_DISK")
-    snap = _earlier_snapshot(x, system_vdi, ctx["run"])
+    snap = _earlier_snapshot(x, system_vdi, ctx["run"]) if env.again else None  # (only a re-run made one)
     if snap is None and env.again:  # only an earlier delivery can have left a task (reading every task costs)
         snap = _snapshot_of_earlier_task(xapi, ctx, report)
     if snap is None:
