@@ -11,7 +11,7 @@ Names read from the backup are data: they go to the pool with what XML cannot ca
 replaced (``plain``), and never into a path.
 
 Export backups (``.xva``): ``PUT /import`` of the file (Content-Length, never
-chunked) with a task, into ``--sr`` (else the pool's ``shared_sr``, else the
+chunked) under a task (``xapi.transfer``), into ``--sr`` (else the pool's ``shared_sr``, else the
 pool's default SR).
 
 sr-copy backups (``.metadata.xva`` + the kept copy on the backup SR):
@@ -63,14 +63,12 @@ from tinabs_tasks.storage import destination
 from tinabs_tasks.storage import verify
 from tinabs_tasks.storage import xva_headers
 from tinabs_tasks.xapi import markers
-from tinabs_tasks.xapi import upload
+from tinabs_tasks.xapi import transfer
 from tinabs_tasks.xapi.port import NULL_REF
 
 RESTORE_RUN = "tinabs:restore-run"
 RESTORED_FROM = "tinabs:restored-from"
 MACS = ("auto", "keep", "new")
-#: what a pool's import task says when our upload was cut: nothing the cut itself does not say
-ECHOES_OF_A_CUT = {"IMPORT_ERROR_PREMATURE_EOF", "CLIENT_ERROR"}
 
 
 class Role:
@@ -284,35 +282,10 @@ def _default_sr(xapi) -> str:
 def _put(xapi, handler: str, query: dict, path: str, run: str, report) -> list[str]:
     """PUT ``path`` to ``handler`` under a task; returns the imported VM refs; the pool's own
     reason (task error_info) when it fails."""
-    x = xapi.x
-    task = x.task.create(f"tinabs restore {run}", "")
     size = os.path.getsize(path)
-    try:
-        xapi.mark_task(task, run, transfer=True)  # an import that ends after this worker died: found again
-        try:
-            upload.put_file(xapi.base_url, handler, {**query, "session_id": xapi.handle, "task_id": task}, path,
-                            xapi.session.context,
-                            progress=lambda n: report(stage="import", bytes=n, total=size))
-        except Exception as exc:  # a cut or an HTTP error: the task says why
-            cut = isinstance(exc, (upload.UploadCut, OSError, ConnectionError))
-            reason = xapi.task_error(task, wait_s=10 if cut else 2)
-            if reason and reason[0] in ECHOES_OF_A_CUT:
-                # the pool only says the body ended early: the cut is the reason, and worth a retry
-                raise upload.UploadCut(f"the pool got part of the upload only ({reason[0]})") from exc
-            if reason and reason[0] == "SESSION_AUTHENTICATION_FAILED":
-                # the handler refused a session XML-RPC accepted a moment ago (it expired): log in again
-                raise XenAPI.Failure(["SESSION_INVALID", *reason[1:]]) from exc
-            if reason:
-                raise XenAPI.Failure(reason) from exc
-            raise
-        try:
-            result = xapi.wait_task(task, progress=lambda f: report(stage="import", progress=f))
-        except XenAPI.Failure as exc:  # the body went out whole into the socket, but was cut on the way
-            if exc.details and exc.details[0] in ECHOES_OF_A_CUT:
-                raise upload.UploadCut(f"the pool got part of the upload only ({exc.details[0]})") from exc
-            raise
-    finally:
-        xapi._destroy_task(task)
+    result = transfer.upload(xapi, handler, query, path, label=f"tinabs restore {run}", run=run,
+                             progress=lambda n: report(stage="import", bytes=n, total=size),
+                             task_progress=lambda f: report(stage="import", progress=f))
     refs = result if isinstance(result, list) else [r for r in str(result).split(",") if r]
     if not refs:
         raise RestoreFailed("the import created no VM")
