@@ -54,13 +54,12 @@ from __future__ import annotations
 import datetime as dt
 import os
 import uuid as uuidlib
-import xmlrpc.client
 
 import XenAPI
 
 from tinabs_tasks.storage import catalog
 from tinabs_tasks.storage import destination
-from tinabs_tasks.storage import verify
+from tinabs_tasks.storage import ova
 from tinabs_tasks.storage import xva_headers
 from tinabs_tasks.xapi import markers
 from tinabs_tasks.xapi import transfer
@@ -140,38 +139,16 @@ def check_archive(path: str) -> None:
 
 def read_ova(path: str) -> dict:
     """The decoded ova.xml (the first tar member) of an XVA or metadata XVA."""
-    with destination.open_regular(path) as fh:
-        head = fh.read(512)
-        if len(head) < 512:
-            raise BadBackup(f"{path}: too short for an XVA")
-        name = head[:100].split(b"\0", 1)[0].decode(errors="replace")
-        if name != "ova.xml":
-            raise BadBackup(f"{path}: first member is {name!r}, not ova.xml")
-        try:
-            size = int(head[124:136].strip(b"\0 ") or b"0", 8)
-        except ValueError:
-            raise BadBackup(f"{path}: the ova.xml tar header has no valid size") from None
-        if size > verify.MAX_OVA_XML:
-            raise BadBackup(f"{path}: ova.xml claims {size} bytes, too large to be an XVA header")
-        data = fh.read(size)
     try:
-        text = data.decode("utf-8")
-        if not text.lstrip().startswith("<value>"):
-            raise ValueError(f"it does not start with <value> ({text[:40]!r})")
-        doc = f"<methodResponse><params><param>{text}</param></params></methodResponse>"
-        (value,), _ = xmlrpc.client.loads(doc)
-    except Exception as exc:  # expat, UnicodeDecodeError, ValueError: all mean "not an ova.xml"
-        raise BadBackup(f"{path}: ova.xml is not parseable: {exc}") from None
-    return value
+        return ova.read(path)
+    except ova.BadOva as exc:
+        raise BadBackup(str(exc)) from None
 
 
-def ova_objects(ova: dict) -> tuple[dict, dict[str, dict]]:
-    """(the VM's record, id -> object) of an ova.xml; the VM is the non-snapshot one."""
-    objects = ova.get("objects") if isinstance(ova, dict) else None
-    if not isinstance(objects, list) or not all(
-            isinstance(o, dict) and isinstance(o.get("snapshot"), dict) and "class" in o and "id" in o
-            for o in objects):
-        raise BadBackup("ova.xml is not a struct with an `objects` array of {class, id, snapshot}")
+def ova_objects(header: dict) -> tuple[dict, dict[str, dict]]:
+    """(the VM's record, id -> object) of an ova.xml from ``read_ova`` (its shape checked there);
+    the VM is the non-snapshot one."""
+    objects = header["objects"]
     by_id = {o["id"]: o for o in objects}
     vms = [o for o in objects if o["class"] == "VM" and not _true(o["snapshot"].get("is_a_snapshot"))]
     if len(vms) != 1:
@@ -202,8 +179,7 @@ def restore(xapi, backup: dict, *, sr: str | None = None, name: str | None = Non
     try:
         # what an earlier delivery of this run left, including what its XAPI tasks made after it died
         remove(xapi, run, protect=protect, extra_vms=_remove_orphan_vdis(xapi, run, protect))
-        ova = read_ova(backup["path"])
-        ova_vm, by_id = ova_objects(ova)
+        ova_vm, by_id = ova_objects(read_ova(backup["path"]))
         keep_macs, mac_reason = _mac_policy(xapi, m, macs)
         networks_before = set(x.network.get_all())
         report(stage="import", progress=0.0)

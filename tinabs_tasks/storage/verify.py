@@ -17,7 +17,8 @@ pieces, chunk data is hashed piece by piece and never kept; only ``ova.xml``
 
 The manifest and the data file are read only if they are regular files, not
 symlinks (a link or FIFO planted in the destination is reported, never opened).
-``xva_headers.header_problems`` walks only the tar headers, for a restore's quick check.
+``xva_headers.header_problems`` walks only the tar headers, for a restore's quick check;
+``ova.decode`` reads ova.xml for both.
 
 A ``.metadata.xva`` (sr-copy) holds only ``ova.xml``; that the copied VDIs
 still exist on the backup SR needs the pool and is checked elsewhere.
@@ -30,20 +31,20 @@ import json
 import os
 import re
 import tarfile
-import xmlrpc.client
 from dataclasses import dataclass, field
 
 import xxhash
 
 from tinabs_tasks.storage import catalog
 from tinabs_tasks.storage import destination
+from tinabs_tasks.storage import ova
+from tinabs_tasks.storage.ova import MAX_OVA_XML
 from tinabs_tasks.storage.verify_skeleton import compare_skeleton, to_int
-from tinabs_tasks.storage.xva_headers import CHUNK_NAME, SUM_NAME, member_problem
+from tinabs_tasks.storage.xva_headers import CHUNK_NAME, SUM_NAME, member_problem, tar_header
 
 BLOCK = 512
 CHUNK = 1 << 20
 READ = 4 << 20
-MAX_OVA_XML = 64 << 20
 MAX_CHECKSUM = 4096
 MAX_PROBLEMS = 50
 _ZERO_BLOCK = bytes(BLOCK)
@@ -245,7 +246,7 @@ def _read_tar(stream: _Stream, problems: _Problems, report: Report, metadata_onl
                 _trailing(stream, problems)
                 break
             try:
-                info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+                info = tar_header(block)
             except tarfile.HeaderError as exc:
                 problems.add(f"bad tar header at byte {start}: {exc}")
                 raise _Fatal() from None
@@ -385,26 +386,10 @@ def _checksum_member(stream: _Stream, name: str, size: int, match, problems: _Pr
 
 def _parse_ova_xml(data: bytes, problems: _Problems):
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        problems.add(f"ova.xml is not parseable: not UTF-8 ({exc})")
+        return ova.decode(data)
+    except ova.BadOva as exc:
+        problems.add(str(exc))
         return None
-    if not text.lstrip().startswith("<value>"):
-        problems.add(f"ova.xml is not parseable: it does not start with <value> ({text[:40]!r})")
-        return None
-    envelope = f"<methodResponse><params><param>{text}</param></params></methodResponse>"
-    try:
-        (value,), _ = xmlrpc.client.loads(envelope, use_builtin_types=False)
-    except Exception as exc:  # expat, ValueError, ...: all mean "not an XML-RPC value"
-        problems.add(f"ova.xml is not parseable: {exc}")
-        return None
-    if not isinstance(value, dict) or not isinstance(value.get("objects"), list) or not all(
-            isinstance(o, dict) and isinstance(o.get("snapshot"), dict) and "class" in o and "id" in o
-            for o in value["objects"]):
-        problems.add("ova.xml is not parseable: it is not a struct with an `objects` array of "
-                     "{class, id, snapshot}")
-        return None
-    return value
 
 
 # -- disks ------------------------------------------------------------------------
