@@ -14,10 +14,9 @@ from __future__ import annotations
 import glob
 import os
 
-import XenAPI
-
 from tinabs_tasks.storage import destination
 from tinabs_tasks.xapi import markers
+from tinabs_tasks.xapi import run_objects
 
 
 def run(env, ctx: dict) -> dict:
@@ -44,42 +43,20 @@ def _vdi_labels(ctx: dict) -> list[str]:
 
 def _named_records(x, cls: str, ctx: dict, labels: list[str], ref_keys: tuple[str, ...]) -> dict[str, dict]:
     """The run's ``cls`` objects found by name (and the refs the context holds), with their records."""
-    api, refs = getattr(x, cls), []
-    for label in labels:
-        refs += api.get_by_name_label(label)
-    refs += [ctx["refs"][k] for k in ref_keys if ctx.get("refs", {}).get(k)]
-    found = {}
-    for ref in dict.fromkeys(refs):
-        try:
-            rec = api.get_record(ref)
-        except XenAPI.Failure:  # gone already
-            continue
-        if markers.is_ours(rec, ctx["run"]):
-            found[ref] = rec
-    return found
+    refs = [ctx["refs"][k] for k in ref_keys if ctx.get("refs", {}).get(k)]
+    return run_objects.named_records(x, cls, ctx["run"], labels, refs)
 
 
 def remove_pool_objects(xapi, run: str, keep_kept: bool = True, vdis: dict | None = None,
                         vms: list[str] | None = None) -> list[str]:
     """Destroy the run's VMs (never started) and VDIs (but kept ones, unless told); returns what
     this call destroyed.  Without ``vms``/``vdis`` they are found by reading every record (by
-    marker or name): what compensation does, since a failed run may have left anything.  Another compensation may be removing the same objects at the same time
-    (a redelivered duplicate): an object gone at any step counts as removed by the other one."""
-    x = xapi.x
-    removed = []
-    for vm in markers.find(x, "VM", run) if vms is None else vms:
-        if _ignore_gone(x.VM.get_power_state, vm) not in ("Halted", _GONE):
-            _ignore_gone(x.VM.hard_shutdown, vm)
-        if _ignore_gone(x.VM.destroy, vm) is not _GONE:
-            removed.append(vm)
-    if vdis is None:
-        vdis = markers.find_records(x, "VDI", run)
-    for vdi, rec in vdis.items():
-        if keep_kept and rec["other_config"].get(markers.KEEP) == "true":
-            continue
-        if _ignore_gone(x.VDI.destroy, vdi) is not _GONE:  # VDI.destroy also drops detached VBD records
-            removed.append(vdi)
-    return removed
+    marker or name): what compensation does, since a failed run may have left anything.
+    Another compensation may be removing the same objects at the same time (a redelivered
+    duplicate): an object gone at any step counts as removed by the other one
+    (``run_objects``)."""
+    keep = run_objects.KEEP_ANY if keep_kept else run_objects.KEEP_NONE
+    return run_objects.remove_run(xapi.x, run, vms=vms, vdis=vdis, keep=keep)
 
 
 def remove_files(ctx: dict, dest: str) -> list[str]:
@@ -90,16 +67,3 @@ def remove_files(ctx: dict, dest: str) -> list[str]:
     found += glob.glob(glob.escape(base) + "*.partial")
     destination.remove_quietly(*found)
     return found
-
-
-_GONE = object()
-
-
-def _ignore_gone(fn, ref):
-    """``fn(ref)``, or _GONE when the object no longer exists (another attempt got there first)."""
-    try:
-        return fn(ref)
-    except XenAPI.Failure as exc:
-        if exc.details[0] != "HANDLE_INVALID":
-            raise
-        return _GONE

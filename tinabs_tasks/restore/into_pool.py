@@ -62,20 +62,14 @@ from tinabs_tasks.storage import destination
 from tinabs_tasks.storage import ova
 from tinabs_tasks.storage import xva_headers
 from tinabs_tasks.xapi import markers
+from tinabs_tasks.xapi import run_objects
 from tinabs_tasks.xapi import transfer
+from tinabs_tasks.xapi.markers import RestoreRole as Role
 from tinabs_tasks.xapi.port import NULL_REF
 
 RESTORE_RUN = "tinabs:restore-run"
 RESTORED_FROM = "tinabs:restored-from"
 MACS = ("auto", "keep", "new")
-
-
-class Role:
-    VM = "restored-vm"
-    DISK = "restored-disk"          # + ":<userdevice>"
-    VBD = "restored-vbd"
-    NETWORK = "restored-network"    # a network the import had to create
-    TEST_NETWORK = "restore-test-network"
 
 
 class BadBackup(ValueError):
@@ -188,7 +182,7 @@ def restore(xapi, backup: dict, *, sr: str | None = None, name: str | None = Non
         else:
             imported = _import_metadata(xapi, backup, ova_vm, by_id, sr, keep_macs, ctx, protect, report)
         vm = _the_vm(x, imported)
-        _mark(x, "VM", vm, ctx, Role.VM)
+        markers.replace(x, "VM", vm, ctx, Role.VM)
         report(stage="fix-up", progress=1.0)
         disks = _adopt_devices(x, vm, ctx, m)
         _adopt_networks(x, vm, ctx, networks_before)
@@ -303,7 +297,7 @@ def _import_metadata(xapi, backup: dict, ova_vm: dict, by_id: dict, sr: str | No
                                              progress=lambda f: report(stage="copy", progress=f))
             else:   # a clone beside the kept copy: the kept copy is never attached or written
                 new = xapi.call_async_marked("VDI.clone", kept, {}, run=ctx["run"])
-            _mark(x, "VDI", new, ctx, role)
+            markers.replace(x, "VDI", new, ctx, role)
         elif vbd.get("type") == "CD":
             continue
         else:  # a data disk: recreated empty, as in every backup
@@ -312,7 +306,7 @@ def _import_metadata(xapi, backup: dict, ova_vm: dict, by_id: dict, sr: str | No
                 "name_description": vdi_rec.get("name_description", ""), "SR": target,
                 "virtual_size": str(vdi_rec["virtual_size"]), "type": vdi_rec.get("type", "user"),
                 "sharable": _true(vdi_rec.get("sharable")), "read_only": False,
-                "other_config": {**_unmarked(vdi_rec.get("other_config", {})), **markers.markers(ctx, role)},
+                "other_config": {**markers.unmarked(vdi_rec.get("other_config", {})), **markers.markers(ctx, role)},
                 "sm_config": {}, "xenstore_data": {}, "tags": []})
         vdi_map[f"vdi:{vdi_rec['uuid']}"] = x.VDI.get_uuid(new)
     query = {"restore": "true" if keep_macs else "false", **vdi_map}
@@ -343,26 +337,16 @@ def _the_vm(x, refs: list[str]) -> str:
     return (vms or refs)[0]
 
 
-def _unmarked(other: dict) -> dict:
-    return {k: v for k, v in other.items() if not k.startswith("tinabs:")}
-
-
-def _mark(x, cls: str, ref: str, ctx: dict, role: str) -> None:
-    """Replace any tinabs keys (the backup run's, tinabs:keep of a clone) with this run's markers."""
-    api = getattr(x, cls)
-    api.set_other_config(ref, {**_unmarked(api.get_other_config(ref)), **markers.markers(ctx, role)})
-
-
 def _adopt_devices(x, vm: str, ctx: dict, m: dict) -> list[dict]:
     """Mark the VM's VBDs and disks with this run; give the disks the original's names."""
     names = {d["userdevice"]: d.get("name") for d in m.get("skeleton", {}).get("disks", [])}
     disks = []
     for vbd in x.VM.get_VBDs(vm):
         rec = x.VBD.get_record(vbd)
-        _mark(x, "VBD", vbd, ctx, Role.VBD)
+        markers.replace(x, "VBD", vbd, ctx, Role.VBD)
         if rec["VDI"] == NULL_REF:
             continue
-        _mark(x, "VDI", rec["VDI"], ctx, f"{Role.DISK}:{rec['userdevice']}")
+        markers.replace(x, "VDI", rec["VDI"], ctx, f"{Role.DISK}:{rec['userdevice']}")
         if names.get(rec["userdevice"]):
             x.VDI.set_name_label(rec["VDI"], names[rec["userdevice"]])
         disks.append({"userdevice": rec["userdevice"], "uuid": x.VDI.get_uuid(rec["VDI"]),
@@ -375,7 +359,7 @@ def _adopt_networks(x, vm: str, ctx: dict, before: set[str]) -> None:
     for vif in x.VM.get_VIFs(vm):
         net = x.VIF.get_network(vif)
         if net not in before:
-            _mark(x, "network", net, ctx, Role.NETWORK)
+            markers.replace(x, "network", net, ctx, Role.NETWORK)
 
 
 def reapply_reset_fields(x, vm: str, ha: dict | None, ova_rec: dict) -> dict:
@@ -404,8 +388,8 @@ def _finalise(x, vm: str, run: str, m: dict) -> None:
     origin = plain(f"{m.get('pool')}/{m['vm']['uuid']}/{m.get('run')}")
     for cls in ("VBD", "VDI", "network"):
         for ref in markers.find(x, cls, run):
-            getattr(x, cls).set_other_config(ref, _unmarked(getattr(x, cls).get_other_config(ref)))
-    x.VM.set_other_config(vm, {**_unmarked(x.VM.get_other_config(vm)), RESTORE_RUN: run, RESTORED_FROM: origin})
+            getattr(x, cls).set_other_config(ref, markers.unmarked(getattr(x, cls).get_other_config(ref)))
+    x.VM.set_other_config(vm, {**markers.unmarked(x.VM.get_other_config(vm)), RESTORE_RUN: run, RESTORED_FROM: origin})
 
 
 # -- removal -------------------------------------------------------------------
@@ -414,58 +398,16 @@ def remove(xapi, run: str, protect: set[str] = frozenset(), extra_vms=()) -> lis
     VDIs, VBDs and networks by marker.  Never a VDI in ``protect`` (uuids) or marked keep by
     another run.  Idempotent; returns what this call destroyed."""
     x = xapi.x
-    removed = []
     vms = list(dict.fromkeys([*markers.find(x, "VM", run), *extra_vms]))
-    for vm in vms:
-        try:
-            rec = x.VM.get_record(vm)
-        except XenAPI.Failure:
-            continue
-        if rec["power_state"] != "Halted":
-            _quiet(x.VM.hard_shutdown, vm)
-        disks = []
-        for vbd in rec["VBDs"]:
-            try:
-                vdi = x.VBD.get_VDI(vbd)
-                if vdi != NULL_REF:
-                    disks.append((vdi, x.VDI.get_record(vdi)))
-            except XenAPI.Failure:
-                continue
-        if _quiet(x.VM.destroy, vm):
-            removed.append(vm)
-        for vdi, vrec in disks:
-            other = vrec.get("other_config", {})
-            ours = other.get(markers.RUN) == run
-            if vrec["uuid"] in protect or (not ours and other.get(markers.KEEP) == "true"):
-                continue
-            if _quiet(x.VDI.destroy, vdi):
-                removed.append(vdi)
-    for vdi, vrec in markers.find_records(x, "VDI", run).items():
-        if vrec["uuid"] in protect:
-            continue
-        if _quiet(x.VDI.destroy, vdi):
-            removed.append(vdi)
+    removed = run_objects.remove_run(x, run, vms=vms, keep=run_objects.KEEP_NONE, protect=protect, vm_disks=True)
     for cls in ("VIF", "VBD"):
-        for ref in markers.find(x, cls, run):
-            if _quiet(getattr(x, cls).destroy, ref):
-                removed.append(ref)
+        removed += run_objects.remove_marked(x, cls, run)
     for net in markers.find(x, "network", run):
         for vif in x.network.get_VIFs(net):  # VIFs of other VMs are never ours to move: stop
             raise RestoreFailed(f"network {net} of run {run} still has VIF {vif}")
-        if _quiet(x.network.destroy, net):
+        if run_objects.destroyed(x.network.destroy, net):
             removed.append(net)
     return removed
-
-
-def _quiet(fn, ref) -> bool:
-    """``fn(ref)``; False when the object is already gone."""
-    try:
-        fn(ref)
-        return True
-    except XenAPI.Failure as exc:
-        if exc.details and exc.details[0] == "HANDLE_INVALID":
-            return False
-        raise
 
 
 def name_problem(name: str) -> str | None:
