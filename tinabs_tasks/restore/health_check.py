@@ -8,7 +8,8 @@ Everything the test makes carries the test run's markers and is removed by marke
 """
 from __future__ import annotations
 
-from tinabs_tasks.restore.into_pool import _xapi_for, check_pool, load_backup, new_run_id, remove, restore
+from tinabs_tasks.restore.backup_file import check_pool, load_backup
+from tinabs_tasks.restore.into_pool import _xapi_for, new_run_id, remove, restore
 from tinabs_tasks.xapi import markers
 from tinabs_tasks.xapi.markers import RestoreRole as Role
 from tinabs_tasks.backup.skeleton_fields import summary

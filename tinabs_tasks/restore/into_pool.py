@@ -1,18 +1,16 @@
-"""Restoring a backup into a pool, and the restore test (health check).
+"""Restoring a backup into a pool: the import, its fix-up and marking, and removal on failure.
 
-Plain functions over the Xapi port; ``tasks_restore`` and ``commands.restore``
-are thin wrappers.
+Plain functions over the Xapi port; ``tasks.restore``, ``cli.restore`` and the
+web console are thin wrappers, and ``health_check`` (the restore test) builds on it.
 
-Before anything reaches a pool, ``load_backup`` checks the backup (on the command's host
-and again on the worker): a complete catalog entry inside the destination, a mode that
-fits its file, and tar headers and ova.xml fit for an XVA (``check_archive``: no
-absolute or ``..`` names, no links, devices or extension headers, exactly one VM).
-Names read from the backup are data: they go to the pool with what XML cannot carry
-replaced (``plain``), and never into a path.
+Before anything reaches a pool, ``backup_file.load_backup`` checks the backup (on the
+command's host and again on the worker); the names callers use from there
+(``load_backup``, ``check_pool``, ``BadBackup``, ``name_problem``) are importable from
+here too.
 
 Export backups (``.xva``): ``PUT /import`` of the file (Content-Length, never
-chunked) under a task (``xapi.transfer``), into ``--sr`` (else the pool's ``shared_sr``, else the
-pool's default SR).
+chunked) under a task (``xapi.transfer``), into ``--sr`` (else the pool's
+``shared_sr``, else the pool's default SR).
 
 sr-copy backups (``.metadata.xva`` + the kept copy on the backup SR):
 ``PUT /import_metadata`` with ``vdi:<uuid in ova.xml>=<new vdi uuid>``.  The
@@ -57,10 +55,8 @@ import uuid as uuidlib
 
 import XenAPI
 
-from tinabs_tasks.storage import catalog
-from tinabs_tasks.storage import destination
-from tinabs_tasks.storage import ova
-from tinabs_tasks.storage import xva_headers
+from tinabs_tasks.restore.backup_file import (  # noqa: F401  (BadBackup, name_problem: for callers)
+    BadBackup, check_pool, is_true, load_backup, name_problem, ova_objects, plain, read_ova)
 from tinabs_tasks.xapi import markers
 from tinabs_tasks.xapi import run_objects
 from tinabs_tasks.xapi import transfer
@@ -72,82 +68,12 @@ RESTORED_FROM = "tinabs:restored-from"
 MACS = ("auto", "keep", "new")
 
 
-class BadBackup(ValueError):
-    """The named backup cannot be restored (not found, outside the destination, incomplete)."""
-
-
 class RestoreFailed(Exception):
     """A restore that cannot succeed, with the reason for the user (permanent)."""
 
 
 def new_run_id() -> str:
     return "r" + uuidlib.uuid4().hex[:11]
-
-
-# -- the backup ----------------------------------------------------------------
-def load_backup(dest: str, path: str) -> dict:
-    """The backup at ``path`` (data file or manifest), which must be a complete catalog entry
-    inside ``dest``: {"manifest_path", "path", "mode", "manifest"}."""
-    try:
-        manifest_path = catalog.resolve(dest, path)
-    except catalog.NotABackup as exc:
-        raise BadBackup(str(exc)) from None
-    vm_dir = os.path.dirname(manifest_path)
-    pool_dir = os.path.basename(os.path.dirname(vm_dir))
-    found = [b for b in catalog.scan(dest, pool=pool_dir, vm=os.path.basename(vm_dir), include_incomplete=True)
-             if b.manifest_path and os.path.realpath(b.manifest_path) == manifest_path]
-    if not found:
-        raise BadBackup(f"{path}: no manifest {os.path.basename(manifest_path)} in the catalog "
-                        "(not a finished backup)")
-    entry = found[0]
-    if not entry.complete:
-        raise BadBackup(f"{path}: backup is {entry.status}; it cannot be restored")
-    manifest = destination.read_manifest(entry.manifest_path)
-    if not isinstance(manifest, dict):
-        raise BadBackup(f"{path}: its manifest cannot be read")
-    suffix = ".metadata.xva" if entry.mode == "sr-copy" else ".xva"
-    if entry.mode not in ("export", "sr-copy") or not entry.path.endswith(suffix) \
-            or (entry.mode == "export" and entry.path.endswith(".metadata.xva")):
-        raise BadBackup(f"{path}: manifest mode {entry.mode!r} does not fit data file "
-                        f"{os.path.basename(entry.path)}; it cannot be restored")
-    if entry.mode == "sr-copy" and not manifest.get("copied_vdis"):
-        raise BadBackup(f"{path}: sr-copy manifest names no copied disk")
-    check_archive(entry.path)
-    return {"manifest_path": entry.manifest_path, "path": entry.path, "mode": entry.mode, "manifest": manifest}
-
-
-def check_archive(path: str) -> None:
-    """Refuse an XVA whose tar headers or ova.xml are unsafe or broken before a byte of it goes to a
-    pool: members with absolute or ``..`` names, links, devices, tar extension headers (xapi
-    writes none), ova.xml not first or not one VM.  Reads only headers and ova.xml."""
-    try:
-        problems = xva_headers.header_problems(path)
-    except (OSError, ValueError) as exc:
-        raise BadBackup(f"{path}: cannot be read ({exc})") from None
-    if problems:
-        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
-        raise BadBackup(f"{path}: refused, not a well-formed XVA: {problems[0]}{more} — "
-                        f"`tinabs verify {path}` lists every problem")
-    ova_objects(read_ova(path))
-
-
-def read_ova(path: str) -> dict:
-    """The decoded ova.xml (the first tar member) of an XVA or metadata XVA."""
-    try:
-        return ova.read(path)
-    except ova.BadOva as exc:
-        raise BadBackup(str(exc)) from None
-
-
-def ova_objects(header: dict) -> tuple[dict, dict[str, dict]]:
-    """(the VM's record, id -> object) of an ova.xml from ``read_ova`` (its shape checked there);
-    the VM is the non-snapshot one."""
-    objects = header["objects"]
-    by_id = {o["id"]: o for o in objects}
-    vms = [o for o in objects if o["class"] == "VM" and not _true(o["snapshot"].get("is_a_snapshot"))]
-    if len(vms) != 1:
-        raise BadBackup(f"ova.xml holds {len(vms)} VMs, expected 1")
-    return vms[0], by_id
 
 
 # -- restore -------------------------------------------------------------------
@@ -305,7 +231,7 @@ def _import_metadata(xapi, backup: dict, ova_vm: dict, by_id: dict, sr: str | No
                 "name_label": names.get(device) or vdi_rec.get("name_label", ""),
                 "name_description": vdi_rec.get("name_description", ""), "SR": target,
                 "virtual_size": str(vdi_rec["virtual_size"]), "type": vdi_rec.get("type", "user"),
-                "sharable": _true(vdi_rec.get("sharable")), "read_only": False,
+                "sharable": is_true(vdi_rec.get("sharable")), "read_only": False,
                 "other_config": {**markers.unmarked(vdi_rec.get("other_config", {})), **markers.markers(ctx, role)},
                 "sm_config": {}, "xenstore_data": {}, "tags": []})
         vdi_map[f"vdi:{vdi_rec['uuid']}"] = x.VDI.get_uuid(new)
@@ -372,7 +298,7 @@ def reapply_reset_fields(x, vm: str, ha: dict | None, ova_rec: dict) -> dict:
         value = int(source.get(key) or 0)
         getattr(x.VM, f"set_{key}")(vm, str(value))
         applied[key] = value
-    always = _true(source.get("ha_always_run"))
+    always = is_true(source.get("ha_always_run"))
     if always:  # deprecated setter: xapi makes it a restart-priority change
         x.VM.set_ha_always_run(vm, True)
         applied["ha_always_run"] = True
@@ -410,28 +336,6 @@ def remove(xapi, run: str, protect: set[str] = frozenset(), extra_vms=()) -> lis
     return removed
 
 
-def name_problem(name: str) -> str | None:
-    """Why a name given for a restored VM cannot be used (None if it can): a name is one line of
-    text, so no control character at all (tab and newline included), and not blank."""
-    if not name.strip():
-        return "needs a non-empty value"
-    if any(c < " " or "\x7f" <= c <= "\x9f" for c in name) or plain(name) != name:
-        return "must not contain control characters"
-    return None
-
-
-def plain(text) -> str:
-    """``text`` with what XML 1.0 cannot carry (NUL and other C0 controls but tab and newlines,
-    surrogates, U+FFFE/U+FFFF) replaced by U+FFFD: a name read from a manifest may hold anything,
-    and XML-RPC would send it as a document the pool cannot parse."""
-    return "".join("\ufffd" if (c < " " and c not in "\t\n\r") or "\ud800" <= c <= "\udfff"
-                   or c in "\ufffe\uffff" else c for c in str(text))
-
-
-def _true(value) -> bool:
-    return value is True or value in ("true", "1", 1)
-
-
 # -- entry points for tasks and commands -----------------------------------------
 def _xapi_for(cfg, pool: str):
     from tinabs_tasks.xapi import connect
@@ -444,10 +348,3 @@ def run_restore(cfg, backup_path: str, pool: str, *, sr: str | None = None, name
     backup = load_backup(cfg.destination, backup_path)
     check_pool(backup, pool)
     return restore(_xapi_for(cfg, pool), backup, sr=sr, name=name, macs=macs, start=start, run=run, report=report)
-
-
-def check_pool(backup: dict, pool: str) -> None:
-    """sr-copy backups live partly on their pool's backup SR: they restore only there."""
-    if backup["mode"] == "sr-copy" and backup["manifest"].get("pool") != pool:
-        raise BadBackup(f"an sr-copy backup restores only into its own pool "
-                        f"`{backup['manifest'].get('pool')}` (its disk is on that pool's backup SR)")
