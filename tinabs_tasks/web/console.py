@@ -256,10 +256,10 @@ class Console:
 
 def run_fraction(run: dict) -> float:
     """How far a run is, 0..1: its stages done plus the current stage's own progress."""
-    from tinabs_tasks.tasks.backup import STAGES
+    from tinabs_tasks.backup.table import MODES
     if RunState(run["state"]).terminal:
         return 1.0
-    names = STAGES.get(run.get("mode", ""), ())
+    names = MODES.get(run.get("mode", ""), ())
     stage = (run.get("stage") or "").split(":")[0]
     if stage not in names:
         return 0.0
