@@ -14,10 +14,9 @@ from __future__ import annotations
 import glob
 import os
 
-import XenAPI
-
 from tinabs_tasks.storage import destination
 from tinabs_tasks.xapi import markers
+from tinabs_tasks.xapi import run_objects
 
 
 def run(env, ctx: dict) -> dict:
@@ -28,7 +27,7 @@ def run(env, ctx: dict) -> dict:
     records = {}
     for ref, label in vdis.items():
         kept = label == copy_label
-        if kept and _keep(x, ref) is _GONE:
+        if kept and _keep(x, ref) is run_objects.GONE:
             continue
         records[ref] = {"other_config": {markers.KEEP: "true"} if kept else {}}
     vms = _named(x, "VM", ctx, [markers.name(ctx, "backup")], ("backup_vm",))
@@ -37,9 +36,9 @@ def run(env, ctx: dict) -> dict:
 
 
 def _keep(x, copy: str):
-    """Mark the sr-copy VDI kept (it is the backup); _GONE if it no longer exists."""
-    other = _ignore_gone(x.VDI.get_other_config, copy)
-    if other is not _GONE and other.get(markers.KEEP) != "true":
+    """Mark the sr-copy VDI kept (it is the backup); run_objects.GONE if it no longer exists."""
+    other = run_objects.unless_gone(x.VDI.get_other_config, copy)
+    if other is not run_objects.GONE and other.get(markers.KEEP) != "true":
         other[markers.KEEP] = "true"
         x.VDI.set_other_config(copy, other)
     return other
@@ -65,8 +64,8 @@ def _named(x, cls: str, ctx: dict, labels: list[str], ref_keys: tuple[str, ...])
         ref = ctx.get("refs", {}).get(key)
         if not ref or ref in found:
             continue
-        rec = _ignore_gone(api.get_record, ref)
-        if rec is not _GONE and markers.is_ours(rec, ctx["run"]):
+        rec = run_objects.unless_gone(api.get_record, ref)
+        if rec is not run_objects.GONE and markers.is_ours(rec, ctx["run"]):
             found[ref] = rec.get("name_label", "")
     return found
 
@@ -75,23 +74,12 @@ def remove_pool_objects(xapi, run: str, keep_kept: bool = True, vdis: dict | Non
                         vms: list[str] | None = None) -> list[str]:
     """Destroy the run's VMs (never started) and VDIs (but kept ones, unless told); returns what
     this call destroyed.  Without ``vms``/``vdis`` they are found by reading every record (by
-    marker or name): what compensation does, since a failed run may have left anything.  Another compensation may be removing the same objects at the same time
-    (a redelivered duplicate): an object gone at any step counts as removed by the other one."""
-    x = xapi.x
-    removed = []
-    for vm in markers.find(x, "VM", run) if vms is None else vms:
-        if _ignore_gone(x.VM.get_power_state, vm) not in ("Halted", _GONE):
-            _ignore_gone(x.VM.hard_shutdown, vm)
-        if _ignore_gone(x.VM.destroy, vm) is not _GONE:
-            removed.append(vm)
-    if vdis is None:
-        vdis = markers.find_records(x, "VDI", run)
-    for vdi, rec in vdis.items():
-        if keep_kept and rec["other_config"].get(markers.KEEP) == "true":
-            continue
-        if _ignore_gone(x.VDI.destroy, vdi) is not _GONE:  # VDI.destroy also drops detached VBD records
-            removed.append(vdi)
-    return removed
+    marker or name): what compensation does, since a failed run may have left anything.
+    Another compensation may be removing the same objects at the same time (a redelivered
+    duplicate): an object gone at any step counts as removed by the other one
+    (``run_objects``)."""
+    keep = run_objects.KEEP_ANY if keep_kept else run_objects.KEEP_NONE
+    return run_objects.remove_run(xapi.x, run, vms=vms, vdis=vdis, keep=keep)
 
 
 def remove_files(ctx: dict, dest: str) -> list[str]:
@@ -102,16 +90,3 @@ def remove_files(ctx: dict, dest: str) -> list[str]:
     found += glob.glob(glob.escape(base) + "*.partial")
     destination.remove_quietly(*found)
     return found
-
-
-_GONE = object()
-
-
-def _ignore_gone(fn, ref):
-    """``fn(ref)``, or _GONE when the object no longer exists (another attempt got there first)."""
-    try:
-        return fn(ref)
-    except XenAPI.Failure as exc:
-        if exc.details[0] != "HANDLE_INVALID":
-            raise
-        return _GONE

@@ -5,7 +5,8 @@ The body streams into ``<stamp>.xva.partial`` with a large buffer, hashed
 (sha256) on the fly, fsynced and renamed; a transfer cut short raises
 StreamCut and the partial file is removed, so a retry starts clean.  When the
 pool fails the transfer itself (HTTP 500/404, or a cut), the XAPI task's
-error_info is the reason that gets classified, not the HTTP status.
+error_info is the reason that gets classified, not the HTTP status
+(``xapi.transfer`` runs the transfer under its task; the file is this module's).
 Earlier attempt: a manifest for this run means the export is done.
 Holds a pool slot and the run's lease, so a redelivered duplicate never writes
 the same file concurrently.
@@ -15,20 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.client
 import os
 import shutil
 import time
 
-import XenAPI
-
 from tinabs_tasks.storage import destination
-from tinabs_tasks.xapi import http as xhttp
-from tinabs_tasks.xapi.errors import DestinationError, StreamCut
 from tinabs_tasks.storage import manifest
-
-#: how a failed HTTP transfer shows on our side; the pool's own reason is in the task
-TRANSFER_ERRORS = (http.client.HTTPException, StreamCut, ConnectionError, TimeoutError)
+from tinabs_tasks.xapi import transfer
+from tinabs_tasks.xapi.errors import DestinationError, StreamCut
 
 
 def run(env, ctx: dict) -> dict:
@@ -97,28 +92,19 @@ def download(xapi, handler: str, query: dict, paths: dict, report, beat, expect_
         os.makedirs(paths["dir"], exist_ok=True)
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
     digest = hashlib.sha256()
-    task = None
     try:
-        task = xapi.x.task.create(f"tinabs {handler} {os.path.basename(paths['data'])}", "")
-        if run:
-            xapi.mark_task(task, run, transfer=True)
-        conn, resp = xhttp.open_get(xapi.base_url, handler,
-                                    {**query, "session_id": xapi.handle, "task_id": task},
-                                    xapi.session.context)
-        try:
-            flusher = _Writeback(fd)
+        flusher = _Writeback(fd)
 
-            def write(chunk):
-                with _local(partial):
-                    _write_all(fd, chunk)
-                    flusher.wrote(len(chunk))
-                if beat.lost.is_set():
-                    raise StreamCut("lost the export lease (Redis unreachable?)")
+        def write(chunk):
+            with _local(partial):
+                _write_all(fd, chunk)
+                flusher.wrote(len(chunk))
+            if beat.lost.is_set():
+                raise StreamCut("lost the export lease (Redis unreachable?)")
 
-            size = xhttp.stream_to(resp, (digest.update, write), lambda n: report.bytes(n), expect_tar_end)
-        finally:
-            conn.close()
-        xapi.wait_task(task, timeout_s=60)
+        size = transfer.download(xapi, handler, query, (digest.update, write),
+                                 label=f"tinabs {handler} {os.path.basename(paths['data'])}", run=run,
+                                 progress=lambda n: report.bytes(n), expect_tar_end=expect_tar_end)
         with _local(partial):
             os.fsync(fd)
             os.close(fd)
@@ -127,17 +113,11 @@ def download(xapi, handler: str, query: dict, paths: dict, report, beat, expect_
             destination.fsync_dir(paths["dir"])
         report.bytes(size, size, force=True)
         return size, digest.hexdigest()
-    except BaseException as exc:
+    except BaseException:
         if fd >= 0:
             os.close(fd)
         destination.remove_quietly(partial)
-        reason = _pool_reason(xapi, task) if task and isinstance(exc, TRANSFER_ERRORS) else None
-        if reason:
-            raise XenAPI.Failure(reason) from exc
         raise
-    finally:
-        if task:
-            xapi._destroy_task(task)
 
 
 @contextlib.contextmanager
@@ -148,18 +128,6 @@ def _local(path: str):
     except OSError as exc:
         raise DestinationError(f"destination {path}: {exc.strerror or exc} — check free space and "
                                "that the worker may write there") from None
-
-
-def _pool_reason(xapi, task: str) -> list[str] | None:
-    """The XAPI error behind a failed transfer, or None when the transfer error says more."""
-    error = xapi.task_error(task)
-    if not error or error[0] == "CLIENT_ERROR":
-        return None  # CLIENT_ERROR only echoes the cut connection: StreamCut/HTTP error is clearer
-    if error[0] == "SESSION_AUTHENTICATION_FAILED":
-        # the handler refused a session handle that XML-RPC accepted a moment ago (it expired):
-        # log in again and retry, rather than blame the configured password
-        return ["SESSION_INVALID", *error[1:]]
-    return error
 
 
 class _Writeback:

@@ -8,8 +8,10 @@ Everything the test makes carries the test run's markers and is removed by marke
 """
 from __future__ import annotations
 
-from tinabs_tasks.restore.into_pool import Role, _unmarked, _xapi_for, check_pool, load_backup, new_run_id, remove, restore
+from tinabs_tasks.restore.backup_file import check_pool, load_backup
+from tinabs_tasks.restore.into_pool import _xapi_for, new_run_id, remove, restore
 from tinabs_tasks.xapi import markers
+from tinabs_tasks.xapi.markers import RestoreRole as Role
 from tinabs_tasks.backup.skeleton_fields import summary
 
 
@@ -111,7 +113,7 @@ def isolate(x, vm: str, ctx: dict) -> str:
     for rec in vifs:
         x.VIF.destroy(rec["ref"])
         x.VIF.create({"device": rec["device"], "network": net, "VM": vm, "MAC": rec["MAC"], "MTU": str(rec["MTU"]),
-                      "other_config": {**_unmarked(rec["other_config"]), **markers.markers(ctx, "restore-test-vif")},
+                      "other_config": {**markers.unmarked(rec["other_config"]), **markers.markers(ctx, Role.TEST_VIF)},
                       "qos_algorithm_type": rec["qos_algorithm_type"],
                       "qos_algorithm_params": rec["qos_algorithm_params"],
                       "locking_mode": rec.get("locking_mode", "network_default"),

@@ -1,18 +1,16 @@
-"""Restoring a backup into a pool, and the restore test (health check).
+"""Restoring a backup into a pool: the import, its fix-up and marking, and removal on failure.
 
-Plain functions over the Xapi port; ``tasks_restore`` and ``commands.restore``
-are thin wrappers.
+Plain functions over the Xapi port; ``tasks.restore``, ``cli.restore`` and the
+web console are thin wrappers, and ``health_check`` (the restore test) builds on it.
 
-Before anything reaches a pool, ``load_backup`` checks the backup (on the command's host
-and again on the worker): a complete catalog entry inside the destination, a mode that
-fits its file, and tar headers and ova.xml fit for an XVA (``check_archive``: no
-absolute or ``..`` names, no links, devices or extension headers, exactly one VM).
-Names read from the backup are data: they go to the pool with what XML cannot carry
-replaced (``plain``), and never into a path.
+Before anything reaches a pool, ``backup_file.load_backup`` checks the backup (on the
+command's host and again on the worker); the names callers use from there
+(``load_backup``, ``check_pool``, ``BadBackup``, ``name_problem``) are importable from
+here too.
 
 Export backups (``.xva``): ``PUT /import`` of the file (Content-Length, never
-chunked) with a task, into ``--sr`` (else the pool's ``shared_sr``, else the
-pool's default SR).
+chunked) under a task (``xapi.transfer``), into ``--sr`` (else the pool's
+``shared_sr``, else the pool's default SR).
 
 sr-copy backups (``.metadata.xva`` + the kept copy on the backup SR):
 ``PUT /import_metadata`` with ``vdi:<uuid in ova.xml>=<new vdi uuid>``.  The
@@ -54,35 +52,20 @@ from __future__ import annotations
 import datetime as dt
 import os
 import uuid as uuidlib
-import xmlrpc.client
 
 import XenAPI
 
-from tinabs_tasks.storage import catalog
-from tinabs_tasks.storage import destination
-from tinabs_tasks.storage import verify
-from tinabs_tasks.storage import xva_headers
+from tinabs_tasks.restore.backup_file import (  # noqa: F401  (BadBackup, name_problem: for callers)
+    BadBackup, check_pool, is_true, load_backup, name_problem, ova_objects, plain, read_ova)
 from tinabs_tasks.xapi import markers
-from tinabs_tasks.xapi import upload
+from tinabs_tasks.xapi import run_objects
+from tinabs_tasks.xapi import transfer
+from tinabs_tasks.xapi.markers import RestoreRole as Role
 from tinabs_tasks.xapi.port import NULL_REF
 
 RESTORE_RUN = "tinabs:restore-run"
 RESTORED_FROM = "tinabs:restored-from"
 MACS = ("auto", "keep", "new")
-#: what a pool's import task says when our upload was cut: nothing the cut itself does not say
-ECHOES_OF_A_CUT = {"IMPORT_ERROR_PREMATURE_EOF", "CLIENT_ERROR"}
-
-
-class Role:
-    VM = "restored-vm"
-    DISK = "restored-disk"          # + ":<userdevice>"
-    VBD = "restored-vbd"
-    NETWORK = "restored-network"    # a network the import had to create
-    TEST_NETWORK = "restore-test-network"
-
-
-class BadBackup(ValueError):
-    """The named backup cannot be restored (not found, outside the destination, incomplete)."""
 
 
 class RestoreFailed(Exception):
@@ -91,94 +74,6 @@ class RestoreFailed(Exception):
 
 def new_run_id() -> str:
     return "r" + uuidlib.uuid4().hex[:11]
-
-
-# -- the backup ----------------------------------------------------------------
-def load_backup(dest: str, path: str) -> dict:
-    """The backup at ``path`` (data file or manifest), which must be a complete catalog entry
-    inside ``dest``: {"manifest_path", "path", "mode", "manifest"}."""
-    try:
-        manifest_path = catalog.resolve(dest, path)
-    except catalog.NotABackup as exc:
-        raise BadBackup(str(exc)) from None
-    vm_dir = os.path.dirname(manifest_path)
-    pool_dir = os.path.basename(os.path.dirname(vm_dir))
-    found = [b for b in catalog.scan(dest, pool=pool_dir, vm=os.path.basename(vm_dir), include_incomplete=True)
-             if b.manifest_path and os.path.realpath(b.manifest_path) == manifest_path]
-    if not found:
-        raise BadBackup(f"{path}: no manifest {os.path.basename(manifest_path)} in the catalog "
-                        "(not a finished backup)")
-    entry = found[0]
-    if not entry.complete:
-        raise BadBackup(f"{path}: backup is {entry.status}; it cannot be restored")
-    manifest = destination.read_manifest(entry.manifest_path)
-    if not isinstance(manifest, dict):
-        raise BadBackup(f"{path}: its manifest cannot be read")
-    suffix = ".metadata.xva" if entry.mode == "sr-copy" else ".xva"
-    if entry.mode not in ("export", "sr-copy") or not entry.path.endswith(suffix) \
-            or (entry.mode == "export" and entry.path.endswith(".metadata.xva")):
-        raise BadBackup(f"{path}: manifest mode {entry.mode!r} does not fit data file "
-                        f"{os.path.basename(entry.path)}; it cannot be restored")
-    if entry.mode == "sr-copy" and not manifest.get("copied_vdis"):
-        raise BadBackup(f"{path}: sr-copy manifest names no copied disk")
-    check_archive(entry.path)
-    return {"manifest_path": entry.manifest_path, "path": entry.path, "mode": entry.mode, "manifest": manifest}
-
-
-def check_archive(path: str) -> None:
-    """Refuse an XVA whose tar headers or ova.xml are unsafe or broken before a byte of it goes to a
-    pool: members with absolute or ``..`` names, links, devices, tar extension headers (xapi
-    writes none), ova.xml not first or not one VM.  Reads only headers and ova.xml."""
-    try:
-        problems = xva_headers.header_problems(path)
-    except (OSError, ValueError) as exc:
-        raise BadBackup(f"{path}: cannot be read ({exc})") from None
-    if problems:
-        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
-        raise BadBackup(f"{path}: refused, not a well-formed XVA: {problems[0]}{more} — "
-                        f"`tinabs verify {path}` lists every problem")
-    ova_objects(read_ova(path))
-
-
-def read_ova(path: str) -> dict:
-    """The decoded ova.xml (the first tar member) of an XVA or metadata XVA."""
-    with destination.open_regular(path) as fh:
-        head = fh.read(512)
-        if len(head) < 512:
-            raise BadBackup(f"{path}: too short for an XVA")
-        name = head[:100].split(b"\0", 1)[0].decode(errors="replace")
-        if name != "ova.xml":
-            raise BadBackup(f"{path}: first member is {name!r}, not ova.xml")
-        try:
-            size = int(head[124:136].strip(b"\0 ") or b"0", 8)
-        except ValueError:
-            raise BadBackup(f"{path}: the ova.xml tar header has no valid size") from None
-        if size > verify.MAX_OVA_XML:
-            raise BadBackup(f"{path}: ova.xml claims {size} bytes, too large to be an XVA header")
-        data = fh.read(size)
-    try:
-        text = data.decode("utf-8")
-        if not text.lstrip().startswith("<value>"):
-            raise ValueError(f"it does not start with <value> ({text[:40]!r})")
-        doc = f"<methodResponse><params><param>{text}</param></params></methodResponse>"
-        (value,), _ = xmlrpc.client.loads(doc)
-    except Exception as exc:  # expat, UnicodeDecodeError, ValueError: all mean "not an ova.xml"
-        raise BadBackup(f"{path}: ova.xml is not parseable: {exc}") from None
-    return value
-
-
-def ova_objects(ova: dict) -> tuple[dict, dict[str, dict]]:
-    """(the VM's record, id -> object) of an ova.xml; the VM is the non-snapshot one."""
-    objects = ova.get("objects") if isinstance(ova, dict) else None
-    if not isinstance(objects, list) or not all(
-            isinstance(o, dict) and isinstance(o.get("snapshot"), dict) and "class" in o and "id" in o
-            for o in objects):
-        raise BadBackup("ova.xml is not a struct with an `objects` array of {class, id, snapshot}")
-    by_id = {o["id"]: o for o in objects}
-    vms = [o for o in objects if o["class"] == "VM" and not _true(o["snapshot"].get("is_a_snapshot"))]
-    if len(vms) != 1:
-        raise BadBackup(f"ova.xml holds {len(vms)} VMs, expected 1")
-    return vms[0], by_id
 
 
 # -- restore -------------------------------------------------------------------
@@ -204,8 +99,7 @@ def restore(xapi, backup: dict, *, sr: str | None = None, name: str | None = Non
     try:
         # what an earlier delivery of this run left, including what its XAPI tasks made after it died
         remove(xapi, run, protect=protect, extra_vms=_remove_orphan_vdis(xapi, run, protect))
-        ova = read_ova(backup["path"])
-        ova_vm, by_id = ova_objects(ova)
+        ova_vm, by_id = ova_objects(read_ova(backup["path"]))
         keep_macs, mac_reason = _mac_policy(xapi, m, macs)
         networks_before = set(x.network.get_all())
         report(stage="import", progress=0.0)
@@ -214,7 +108,7 @@ def restore(xapi, backup: dict, *, sr: str | None = None, name: str | None = Non
         else:
             imported = _import_metadata(xapi, backup, ova_vm, by_id, sr, keep_macs, ctx, protect, report)
         vm = _the_vm(x, imported)
-        _mark(x, "VM", vm, ctx, Role.VM)
+        markers.replace(x, "VM", vm, ctx, Role.VM)
         report(stage="fix-up", progress=1.0)
         disks = _adopt_devices(x, vm, ctx, m)
         _adopt_networks(x, vm, ctx, networks_before)
@@ -284,35 +178,10 @@ def _default_sr(xapi) -> str:
 def _put(xapi, handler: str, query: dict, path: str, run: str, report) -> list[str]:
     """PUT ``path`` to ``handler`` under a task; returns the imported VM refs; the pool's own
     reason (task error_info) when it fails."""
-    x = xapi.x
-    task = x.task.create(f"tinabs restore {run}", "")
     size = os.path.getsize(path)
-    try:
-        xapi.mark_task(task, run, transfer=True)  # an import that ends after this worker died: found again
-        try:
-            upload.put_file(xapi.base_url, handler, {**query, "session_id": xapi.handle, "task_id": task}, path,
-                            xapi.session.context,
-                            progress=lambda n: report(stage="import", bytes=n, total=size))
-        except Exception as exc:  # a cut or an HTTP error: the task says why
-            cut = isinstance(exc, (upload.UploadCut, OSError, ConnectionError))
-            reason = xapi.task_error(task, wait_s=10 if cut else 2)
-            if reason and reason[0] in ECHOES_OF_A_CUT:
-                # the pool only says the body ended early: the cut is the reason, and worth a retry
-                raise upload.UploadCut(f"the pool got part of the upload only ({reason[0]})") from exc
-            if reason and reason[0] == "SESSION_AUTHENTICATION_FAILED":
-                # the handler refused a session XML-RPC accepted a moment ago (it expired): log in again
-                raise XenAPI.Failure(["SESSION_INVALID", *reason[1:]]) from exc
-            if reason:
-                raise XenAPI.Failure(reason) from exc
-            raise
-        try:
-            result = xapi.wait_task(task, progress=lambda f: report(stage="import", progress=f))
-        except XenAPI.Failure as exc:  # the body went out whole into the socket, but was cut on the way
-            if exc.details and exc.details[0] in ECHOES_OF_A_CUT:
-                raise upload.UploadCut(f"the pool got part of the upload only ({exc.details[0]})") from exc
-            raise
-    finally:
-        xapi._destroy_task(task)
+    result = transfer.upload(xapi, handler, query, path, label=f"tinabs restore {run}", run=run,
+                             progress=lambda n: report(stage="import", bytes=n, total=size),
+                             task_progress=lambda f: report(stage="import", progress=f))
     refs = result if isinstance(result, list) else [r for r in str(result).split(",") if r]
     if not refs:
         raise RestoreFailed("the import created no VM")
@@ -354,7 +223,7 @@ def _import_metadata(xapi, backup: dict, ova_vm: dict, by_id: dict, sr: str | No
                                              progress=lambda f: report(stage="copy", progress=f))
             else:   # a clone beside the kept copy: the kept copy is never attached or written
                 new = xapi.call_async_marked("VDI.clone", kept, {}, run=ctx["run"])
-            _mark(x, "VDI", new, ctx, role)
+            markers.replace(x, "VDI", new, ctx, role)
         elif vbd.get("type") == "CD":
             continue
         else:  # a data disk: recreated empty, as in every backup
@@ -362,8 +231,8 @@ def _import_metadata(xapi, backup: dict, ova_vm: dict, by_id: dict, sr: str | No
                 "name_label": names.get(device) or vdi_rec.get("name_label", ""),
                 "name_description": vdi_rec.get("name_description", ""), "SR": target,
                 "virtual_size": str(vdi_rec["virtual_size"]), "type": vdi_rec.get("type", "user"),
-                "sharable": _true(vdi_rec.get("sharable")), "read_only": False,
-                "other_config": {**_unmarked(vdi_rec.get("other_config", {})), **markers.markers(ctx, role)},
+                "sharable": is_true(vdi_rec.get("sharable")), "read_only": False,
+                "other_config": {**markers.unmarked(vdi_rec.get("other_config", {})), **markers.markers(ctx, role)},
                 "sm_config": {}, "xenstore_data": {}, "tags": []})
         vdi_map[f"vdi:{vdi_rec['uuid']}"] = x.VDI.get_uuid(new)
     query = {"restore": "true" if keep_macs else "false", **vdi_map}
@@ -394,26 +263,16 @@ def _the_vm(x, refs: list[str]) -> str:
     return (vms or refs)[0]
 
 
-def _unmarked(other: dict) -> dict:
-    return {k: v for k, v in other.items() if not k.startswith("tinabs:")}
-
-
-def _mark(x, cls: str, ref: str, ctx: dict, role: str) -> None:
-    """Replace any tinabs keys (the backup run's, tinabs:keep of a clone) with this run's markers."""
-    api = getattr(x, cls)
-    api.set_other_config(ref, {**_unmarked(api.get_other_config(ref)), **markers.markers(ctx, role)})
-
-
 def _adopt_devices(x, vm: str, ctx: dict, m: dict) -> list[dict]:
     """Mark the VM's VBDs and disks with this run; give the disks the original's names."""
     names = {d["userdevice"]: d.get("name") for d in m.get("skeleton", {}).get("disks", [])}
     disks = []
     for vbd in x.VM.get_VBDs(vm):
         rec = x.VBD.get_record(vbd)
-        _mark(x, "VBD", vbd, ctx, Role.VBD)
+        markers.replace(x, "VBD", vbd, ctx, Role.VBD)
         if rec["VDI"] == NULL_REF:
             continue
-        _mark(x, "VDI", rec["VDI"], ctx, f"{Role.DISK}:{rec['userdevice']}")
+        markers.replace(x, "VDI", rec["VDI"], ctx, f"{Role.DISK}:{rec['userdevice']}")
         if names.get(rec["userdevice"]):
             x.VDI.set_name_label(rec["VDI"], names[rec["userdevice"]])
         disks.append({"userdevice": rec["userdevice"], "uuid": x.VDI.get_uuid(rec["VDI"]),
@@ -426,7 +285,7 @@ def _adopt_networks(x, vm: str, ctx: dict, before: set[str]) -> None:
     for vif in x.VM.get_VIFs(vm):
         net = x.VIF.get_network(vif)
         if net not in before:
-            _mark(x, "network", net, ctx, Role.NETWORK)
+            markers.replace(x, "network", net, ctx, Role.NETWORK)
 
 
 def reapply_reset_fields(x, vm: str, ha: dict | None, ova_rec: dict) -> dict:
@@ -439,7 +298,7 @@ def reapply_reset_fields(x, vm: str, ha: dict | None, ova_rec: dict) -> dict:
         value = int(source.get(key) or 0)
         getattr(x.VM, f"set_{key}")(vm, str(value))
         applied[key] = value
-    always = _true(source.get("ha_always_run"))
+    always = is_true(source.get("ha_always_run"))
     if always:  # deprecated setter: xapi makes it a restart-priority change
         x.VM.set_ha_always_run(vm, True)
         applied["ha_always_run"] = True
@@ -455,8 +314,8 @@ def _finalise(x, vm: str, run: str, m: dict) -> None:
     origin = plain(f"{m.get('pool')}/{m['vm']['uuid']}/{m.get('run')}")
     for cls in ("VBD", "VDI", "network"):
         for ref in markers.find(x, cls, run):
-            getattr(x, cls).set_other_config(ref, _unmarked(getattr(x, cls).get_other_config(ref)))
-    x.VM.set_other_config(vm, {**_unmarked(x.VM.get_other_config(vm)), RESTORE_RUN: run, RESTORED_FROM: origin})
+            getattr(x, cls).set_other_config(ref, markers.unmarked(getattr(x, cls).get_other_config(ref)))
+    x.VM.set_other_config(vm, {**markers.unmarked(x.VM.get_other_config(vm)), RESTORE_RUN: run, RESTORED_FROM: origin})
 
 
 # -- removal -------------------------------------------------------------------
@@ -465,80 +324,16 @@ def remove(xapi, run: str, protect: set[str] = frozenset(), extra_vms=()) -> lis
     VDIs, VBDs and networks by marker.  Never a VDI in ``protect`` (uuids) or marked keep by
     another run.  Idempotent; returns what this call destroyed."""
     x = xapi.x
-    removed = []
     vms = list(dict.fromkeys([*markers.find(x, "VM", run), *extra_vms]))
-    for vm in vms:
-        try:
-            rec = x.VM.get_record(vm)
-        except XenAPI.Failure:
-            continue
-        if rec["power_state"] != "Halted":
-            _quiet(x.VM.hard_shutdown, vm)
-        disks = []
-        for vbd in rec["VBDs"]:
-            try:
-                vdi = x.VBD.get_VDI(vbd)
-                if vdi != NULL_REF:
-                    disks.append((vdi, x.VDI.get_record(vdi)))
-            except XenAPI.Failure:
-                continue
-        if _quiet(x.VM.destroy, vm):
-            removed.append(vm)
-        for vdi, vrec in disks:
-            other = vrec.get("other_config", {})
-            ours = other.get(markers.RUN) == run
-            if vrec["uuid"] in protect or (not ours and other.get(markers.KEEP) == "true"):
-                continue
-            if _quiet(x.VDI.destroy, vdi):
-                removed.append(vdi)
-    for vdi, vrec in markers.find_records(x, "VDI", run).items():
-        if vrec["uuid"] in protect:
-            continue
-        if _quiet(x.VDI.destroy, vdi):
-            removed.append(vdi)
+    removed = run_objects.remove_run(x, run, vms=vms, keep=run_objects.KEEP_NONE, protect=protect, vm_disks=True)
     for cls in ("VIF", "VBD"):
-        for ref in markers.find(x, cls, run):
-            if _quiet(getattr(x, cls).destroy, ref):
-                removed.append(ref)
+        removed += run_objects.remove_marked(x, cls, run)
     for net in markers.find(x, "network", run):
         for vif in x.network.get_VIFs(net):  # VIFs of other VMs are never ours to move: stop
             raise RestoreFailed(f"network {net} of run {run} still has VIF {vif}")
-        if _quiet(x.network.destroy, net):
+        if run_objects.destroyed(x.network.destroy, net):
             removed.append(net)
     return removed
-
-
-def _quiet(fn, ref) -> bool:
-    """``fn(ref)``; False when the object is already gone."""
-    try:
-        fn(ref)
-        return True
-    except XenAPI.Failure as exc:
-        if exc.details and exc.details[0] == "HANDLE_INVALID":
-            return False
-        raise
-
-
-def name_problem(name: str) -> str | None:
-    """Why a name given for a restored VM cannot be used (None if it can): a name is one line of
-    text, so no control character at all (tab and newline included), and not blank."""
-    if not name.strip():
-        return "needs a non-empty value"
-    if any(c < " " or "\x7f" <= c <= "\x9f" for c in name) or plain(name) != name:
-        return "must not contain control characters"
-    return None
-
-
-def plain(text) -> str:
-    """``text`` with what XML 1.0 cannot carry (NUL and other C0 controls but tab and newlines,
-    surrogates, U+FFFE/U+FFFF) replaced by U+FFFD: a name read from a manifest may hold anything,
-    and XML-RPC would send it as a document the pool cannot parse."""
-    return "".join("\ufffd" if (c < " " and c not in "\t\n\r") or "\ud800" <= c <= "\udfff"
-                   or c in "\ufffe\uffff" else c for c in str(text))
-
-
-def _true(value) -> bool:
-    return value is True or value in ("true", "1", 1)
 
 
 # -- entry points for tasks and commands -----------------------------------------
@@ -553,10 +348,3 @@ def run_restore(cfg, backup_path: str, pool: str, *, sr: str | None = None, name
     backup = load_backup(cfg.destination, backup_path)
     check_pool(backup, pool)
     return restore(_xapi_for(cfg, pool), backup, sr=sr, name=name, macs=macs, start=start, run=run, report=report)
-
-
-def check_pool(backup: dict, pool: str) -> None:
-    """sr-copy backups live partly on their pool's backup SR: they restore only there."""
-    if backup["mode"] == "sr-copy" and backup["manifest"].get("pool") != pool:
-        raise BadBackup(f"an sr-copy backup restores only into its own pool "
-                        f"`{backup['manifest'].get('pool')}` (its disk is on that pool's backup SR)")

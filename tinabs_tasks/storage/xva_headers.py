@@ -32,6 +32,12 @@ _TAR_KINDS = {tarfile.SYMTYPE: "a symlink", tarfile.LNKTYPE: "a hard link", tarf
               tarfile.XHDTYPE: "a pax header", tarfile.XGLTYPE: "a pax global header"}
 
 
+def tar_header(block: bytes) -> tarfile.TarInfo:
+    """The member a 512-byte tar header describes (names not UTF-8 kept as surrogates);
+    tarfile.HeaderError when it is none."""
+    return tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+
+
 def member_problem(info: tarfile.TarInfo) -> str | None:
     """Why a member may not be in an XVA at all (its type or its name), or None."""
     name = info.name
@@ -62,7 +68,7 @@ def header_problems(path: str) -> list[str]:
             if block == _ZERO_BLOCK:
                 break
             try:
-                info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+                info = tar_header(block)
             except tarfile.HeaderError as exc:
                 problems.append(f"bad tar header at byte {at}: {exc}")
                 break

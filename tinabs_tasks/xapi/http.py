@@ -2,7 +2,8 @@
 
 The body goes to a sink callable; redirects (302 to the host that sees the
 storage) are followed keeping the session; a transfer that ends before its
-end marker raises StreamCut so the stage retries from a clean start.
+end marker raises StreamCut so the stage retries from a clean start.  The task
+the transfer runs under, and the pool's reason when it fails, are ``xapi.transfer``'s.
 """
 from __future__ import annotations
 

@@ -27,6 +27,16 @@ class Role:
     DATA_DISK = "data-disk"            # + ":<userdevice>"
 
 
+class RestoreRole:
+    """Roles of what a restore (and the restore test) makes."""
+    VM = "restored-vm"
+    DISK = "restored-disk"          # + ":<userdevice>"
+    VBD = "restored-vbd"
+    NETWORK = "restored-network"    # a network the import had to create
+    TEST_NETWORK = "restore-test-network"
+    TEST_VIF = "restore-test-vif"
+
+
 def markers(ctx: dict, role: str) -> dict[str, str]:
     return {RUN: ctx["run"], VM: ctx["vm"]["uuid"], JOB: ctx["job"], ROLE: role,
             CREATED: dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
@@ -44,6 +54,17 @@ def mark(x, cls: str, ref: str, ctx: dict, role: str, label: str | None = None) 
     api.set_other_config(ref, other)
     if label is not None:
         api.set_name_label(ref, label)
+
+
+def unmarked(other: dict) -> dict:
+    """``other_config`` without any tinabs key."""
+    return {k: v for k, v in other.items() if not k.startswith("tinabs:")}
+
+
+def replace(x, cls: str, ref: str, ctx: dict, role: str) -> None:
+    """Replace any tinabs keys (another run's markers, the tinabs:keep of a clone) with this run's."""
+    api = getattr(x, cls)
+    api.set_other_config(ref, {**unmarked(api.get_other_config(ref)), **markers(ctx, role)})
 
 
 def is_ours(record: dict, run: str) -> bool:

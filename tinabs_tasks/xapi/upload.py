@@ -7,7 +7,7 @@ the body: 200 with a ``task-id`` header, or 302 to the host that sees the SR.
 So the request head goes first, the early answer is read, a 302 is followed
 (same query, session kept; never downgraded to cleartext) and only then the
 body is sent.  A body the pool stops reading (it failed the import) raises
-UploadCut; the pool's reason is on the task (``Xapi.task_error``).
+UploadCut; the pool's reason is on the task, which ``xapi.transfer`` reads.
 """
 from __future__ import annotations
 

@@ -1,0 +1,170 @@
+"""The simulated host's download routes: ``GET /export`` (a VM's XVA, streamed) and ``/export_metadata``.
+
+Mixed into ``http_host.HostHandler``; the socket writer applies the host's
+bandwidth cap, a drop fault and optional compression (gzip, zstd).
+"""
+from __future__ import annotations
+
+import gzip
+
+from tinabs_tasks.sim.datamodel import NULL_REF
+from tinabs_tasks.sim.errors import XapiError
+from tinabs_tasks.sim.exporter import ConnectionDropped, metadata_tar, stream_xva
+from tinabs_tasks.sim.http_base import HandlerBase, abort
+from tinabs_tasks.sim.ops.vm import assert_not_busy
+
+
+class ExportRoutes(HandlerBase):
+    """``GET /export`` and ``/export_metadata``, for ``http_host.HostHandler``."""
+
+    # -- /export --------------------------------------------------------------
+    def _export(self):
+        begun = self._begin("Export of VM", "/export")
+        if begun is None:
+            return
+        query, task = begun
+        store = self.pool.store
+        try:
+            vm = self._vm_of(query)
+            rec = store.record("VM", vm)
+            vm_names = (vm, rec["uuid"], rec["name_label"])
+            if rec["is_control_domain"]:
+                raise XapiError("OPERATION_NOT_ALLOWED", "cannot export the control domain")
+            if rec["power_state"] not in ("Halted", "Suspended"):
+                raise XapiError("VM_BAD_POWER_STATE", vm, "halted, suspended", rec["power_state"].lower())
+            assert_not_busy(_Ctx(self.pool), vm)
+            srs = {store.get("VDI", store.get("VBD", b, "VDI"), "SR") for b in rec["VBDs"]
+                   if store.get("VBD", b, "VDI") != NULL_REF}
+            other = self._redirect_host(srs)
+            if other is not None:
+                return self._redirect(other, task, query)
+            fault = self._fault("/export", task, vm_names)
+        except XapiError as exc:
+            return self._fail(500 if exc.code != "HANDLE_INVALID" and exc.code != "UUID_INVALID" else 404, task, exc)
+        store.set("VM", vm, "current_operations", {task: "export"})
+        try:
+            self._stream_export(vm, task, query, fault)
+        finally:
+            if store.exists("VM", vm):
+                store.set("VM", vm, "current_operations", {})
+
+    def _stream_export(self, vm: str, task: str, query, fault):
+        self.close_connection = True
+        self.wfile.write(b"HTTP/1.0 200 OK\r\nConnection: close\r\ncontent-type: application/octet-stream\r\n"
+                         b'Content-Disposition: attachment; filename="export.xva"\r\n'
+                         b"task-id: " + task.encode() + b"\r\n\r\n")
+        out = _Output(self, self.pool.hosts[self.host_ref].throttle,
+                      fault.drop_after_bytes if fault else None, query.get("use_compression", ""))
+        try:
+            stream_xva(self.pool, vm, out.write, task=task)
+            out.finish()
+        except ConnectionDropped:
+            self.pool.tasks.fail(task, XapiError("CLIENT_ERROR", "connection closed during export"))
+            abort(self.connection)
+            return
+        except XapiError as exc:
+            self.pool.tasks.fail(task, exc)
+            abort(self.connection)
+            return
+        self.pool.tasks.succeed(task, "")
+
+    # -- /export_metadata -----------------------------------------------------
+    def _export_metadata(self):
+        begun = self._begin("Export of VM metadata", "/export_metadata")
+        if begun is None:
+            return
+        query, task = begun
+        try:
+            vm = self._vm_of(query)
+            rec = self.pool.store.record("VM", vm)
+            fault = self._fault("/export_metadata", task, (vm, rec["uuid"], rec["name_label"]))
+            excluded = {x.strip() for x in query.get("excluded_device_types", "").split(",") if x.strip()}
+            body = metadata_tar(self.pool, vm, snapshots=query.get("export_snapshots", "true") != "false",
+                                excluded=excluded)
+        except XapiError as exc:
+            return self._fail(500 if exc.code not in ("HANDLE_INVALID", "UUID_INVALID") else 404, task, exc)
+        limit = fault.drop_after_bytes if fault else None
+        headers = [("task-id", task), ("Content-Disposition", 'attachment; filename="metadata.xva"')]
+        if limit is not None and limit < len(body):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            for key, value in headers:
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(body[:limit])
+            self.pool.tasks.fail(task, XapiError("CLIENT_ERROR", "connection closed during export"))
+            abort(self.connection)
+            self.close_connection = True
+            return
+        self.pool.hosts[self.host_ref].throttle.consume(len(body))
+        self._reply(200, body, ctype="application/octet-stream", headers=headers, close=True)
+        self.pool.tasks.succeed(task, "")
+
+
+class _Ctx:
+    def __init__(self, pool):
+        self.pool, self.store = pool, pool.store
+
+
+class _Output:
+    """Socket writer with the host's bandwidth cap, a drop fault and optional compression."""
+
+    def __init__(self, handler, throttle, drop_after: int | None, compression: str):
+        self.handler, self.throttle, self.drop_after = handler, throttle, drop_after
+        self.sent = 0
+        self.compressor = None
+        if compression in ("true", "gzip"):
+            self.compressor = _GzipSink(self._raw)
+        elif compression == "zstd":
+            import zstandard
+            self.compressor = zstandard.ZstdCompressor(level=1).stream_writer(_Sink(self._raw), closefd=False)
+
+    def write(self, data: bytes) -> int:
+        if self.compressor is not None:
+            self.compressor.write(data)
+        else:
+            self._raw(data)
+        return len(data)
+
+    def finish(self) -> None:
+        if self.compressor is not None:
+            self.compressor.close()
+
+    def _raw(self, data: bytes) -> None:
+        if not data:
+            return
+        if self.drop_after is not None and self.sent + len(data) > self.drop_after:
+            self._send(data[: self.drop_after - self.sent])
+            raise ConnectionDropped()
+        self._send(data)
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self.handler.wfile.write(data)
+        except OSError:
+            raise ConnectionDropped() from None
+        self.sent += len(data)
+        self.throttle.consume(len(data))
+
+
+class _Sink:
+    def __init__(self, write):
+        self.write_fn = write
+
+    def write(self, data):
+        self.write_fn(bytes(data))
+        return len(data)
+
+    def flush(self):
+        pass
+
+
+class _GzipSink:
+    def __init__(self, write):
+        self._gz = gzip.GzipFile(fileobj=_Sink(write), mode="wb", compresslevel=1, mtime=0)
+
+    def write(self, data):
+        self._gz.write(data)
+
+    def close(self):
+        self._gz.close()
