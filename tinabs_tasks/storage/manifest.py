@@ -34,15 +34,6 @@ def write(ctx: dict, paths: dict, *, size: int, sha256: str, transfer_s: float, 
 
 
 def _software(xapi) -> dict:
-    """The pool master's product and xapi versions, read once per session (a pool upgrade means a
-    master restart, and a new session)."""
-    cached = getattr(xapi.session, "software", None)
-    if cached is None:
-        x = xapi.x
-        version = x.host.get_software_version(x.pool.get_master(x.pool.get_all()[0]))
-        cached = {k: version.get(k, "") for k in ("product_brand", "product_version", "xapi")}
-        try:
-            xapi.session.software = cached
-        except AttributeError:  # a port without a session object of its own (tests)
-            pass
-    return dict(cached)
+    x = xapi.x
+    version = x.host.get_software_version(x.pool.get_master(x.pool.get_all()[0]))
+    return {k: version.get(k, "") for k in ("product_brand", "product_version", "xapi")}

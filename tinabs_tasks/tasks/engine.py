@@ -125,7 +125,7 @@ class StageTask(Task):
     def after(self, ctx: dict) -> dict:
         """Send the run's next stage, or end the run after its last; what the task returns (for
         Flower and the worker's log: which run, pool and VM; never the whole context)."""
-        following = table.next_stage(ctx["mode"], self.stage.name)
+        following = None if self.stage.ends_run else table.next_stage(ctx["mode"], self.stage.name)
         if following is not None:
             send_stage(ctx, following)
         else:
