@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from tinabs_tasks.config.errors import merged, problem, unknown_keys
@@ -72,6 +72,21 @@ class Table(BaseModel):
 
 
 # -- checks of single values: each returns the value to keep, or raises a problem ------------------
+
+def validator(check, *fields: str, check_fields: bool | None = None, **options):
+    """A table's before-validator of ``fields``: ``check(value, the field's name, **options)``."""
+    def validate(cls, value, info):
+        return check(value, info.field_name, **options)
+    return field_validator(*fields, mode="before", check_fields=check_fields)(classmethod(validate))
+
+
+def flag(value, key: str, *, got: bool = True, backticks: bool = False):
+    """A bool (true or false in the file)."""
+    if not isinstance(value, bool):
+        shown = f"`{key}`" if backticks else key
+        raise problem(f"{shown} must be true or false" + (f", got {value!r}" if got else ""))
+    return value
+
 
 def text(value, key: str):
     """A non-empty string."""

@@ -16,7 +16,7 @@ import tomllib
 
 from pydantic import Field, ValidationError, field_validator
 
-from tinabs_tasks.config.base import MODES, Record, Table, one_of, text
+from tinabs_tasks.config.base import MODES, Record, Table, one_of, text, validator
 from tinabs_tasks.config.errors import ConfigError, problem, problems_of
 from tinabs_tasks.config.pools import PASSWORD_SOURCES, PoolConfig, PoolTable
 from tinabs_tasks.config.reports import ReportsTable
@@ -74,10 +74,8 @@ class ConfigFile(Table):
     web: WebTable | None = None
     schedule: ScheduleTable | None = None
 
-    @field_validator("broker_url", "result_backend", mode="before")
-    @classmethod
-    def _text(cls, value, info):
-        return text(value, info.field_name)
+    _text = validator(text, "broker_url", "result_backend")
+    _mode = validator(one_of, "default_mode", choices=MODES)
 
     @field_validator("destination", mode="before")
     @classmethod
@@ -85,11 +83,6 @@ class ConfigFile(Table):
         if not os.path.isabs(text(value, "destination")):
             raise problem(f"destination must be an absolute path, got {value!r}")
         return value
-
-    @field_validator("default_mode", mode="before")
-    @classmethod
-    def _mode(cls, value):
-        return one_of(value, "default_mode", MODES)
 
     @field_validator("pools", mode="before")
     @classmethod

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from tinabs_tasks.config.base import Record, Table, http_url, text
+from tinabs_tasks.config.base import Record, Table, flag, http_url, text, validator
 from tinabs_tasks.config.errors import ConfigError, problem
 from tinabs_tasks.config.secrets import SecretError
 from tinabs_tasks.config.sources import DEFAULT_SECRETS_DIR, SecretRef, check_ref, ref
@@ -109,11 +109,9 @@ class PoolTable(Table):
     backup_sr: str = ""
     max_concurrent_exports: int = 2
 
-    @field_validator("username", "shared_sr", "password_env", "password_file", "password", "ca_bundle",
-                     mode="before")
-    @classmethod
-    def _text(cls, value, info):  # checked now: a wrong type would only fail later, in a worker
-        return text(value, info.field_name)
+    # checked now: a wrong type would only fail later, in a worker
+    _text = validator(text, "username", "shared_sr", "password_env", "password_file", "password", "ca_bundle")
+    _flag = validator(flag, "allow_inline_password", "verify_tls", "insecure", backticks=True)
 
     @field_validator("master", mode="before")
     @classmethod
@@ -126,13 +124,6 @@ class PoolTable(Table):
         # a name in the secrets directory, never a path that could lead out of it
         return check_ref(value, "password_secret", "secret",
                          instead="put the file there and give its name, or use password_file")
-
-    @field_validator("allow_inline_password", "verify_tls", "insecure", mode="before")
-    @classmethod
-    def _flag(cls, value, info):
-        if not isinstance(value, bool):
-            raise problem(f"`{info.field_name}` must be true or false, got {value!r}")
-        return value
 
     @field_validator("tls_fingerprint", mode="before")
     @classmethod

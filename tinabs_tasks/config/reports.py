@@ -14,11 +14,11 @@ import urllib.parse
 from pydantic import Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from tinabs_tasks.config.base import Table, number, one_of, text
+from tinabs_tasks.config.base import Table, flag, number, one_of, text, validator
 from tinabs_tasks.config.errors import problem, several, unknown_keys
 from tinabs_tasks.config.reports_records import (ADDRESS, DEFAULT_PORTS, SECRET_HEADER, SECURITY, WHEN, EmailConfig,
                                                  ReportsConfig, WebhookConfig, check_url, url_problem)
-from tinabs_tasks.config.sources import KINDS, SecretRef, check_ref, given, ref
+from tinabs_tasks.config.sources import KINDS, SecretRef, check_ref, given, only_one, ref, sources
 
 __all__ = ["WHEN", "SECURITY", "DEFAULT_PORTS", "SECRET_HEADER", "ADDRESS", "SecretRef", "EmailConfig",
            "WebhookConfig", "ReportsConfig", "check_url", "ReportsTable", "EmailTable", "WebhookTable"]
@@ -26,24 +26,11 @@ _INLINE = "inline passwords are refused; use password_secret, password_env or pa
 _ONE_OF_REFS = '{ env = "VAR" }, { file = "/path" } or { secret = "name" }'
 
 
-def _only_one(data: dict, stem: str) -> list[tuple[tuple, str]]:
-    """``<stem>_env`` / ``<stem>_file`` / ``<stem>_secret``: at most one, as for pool passwords."""
-    keys = given(data, stem)
-    return [((), f"give only one of {', '.join(keys)}")] if len(keys) > 1 else []
-
-
 class _Channel(Table):
     ca_bundle: str | None = None
 
-    @field_validator("ca_bundle", mode="before")
-    @classmethod
-    def _ca(cls, value):
-        return text(value, "ca_bundle")
-
-    @field_validator("timeout_s", mode="before", check_fields=False)
-    @classmethod
-    def _timeout(cls, value):
-        return number(value, "timeout_s")
+    _ca = validator(text, "ca_bundle")
+    _timeout = validator(number, "timeout_s", check_fields=False)
 
 
 class EmailTable(_Channel):
@@ -61,20 +48,10 @@ class EmailTable(_Channel):
     allow_plaintext_auth: bool = False
     timeout_s: float = 30.0
 
-    @field_validator("host", "username", mode="before")
-    @classmethod
-    def _text(cls, value, info):
-        return text(value, info.field_name)
-
-    @field_validator("password_env", "password_file", "password_secret", mode="before")
-    @classmethod
-    def _source(cls, value, info):
-        return check_ref(value, info.field_name, info.field_name.rpartition("_")[2])
-
-    @field_validator("security", mode="before")
-    @classmethod
-    def _security(cls, value):
-        return one_of(value, "security", SECURITY)
+    _text = validator(text, "host", "username")
+    _source = sources("password")
+    _security = validator(one_of, "security", choices=SECURITY)
+    _plaintext = validator(flag, "allow_plaintext_auth", got=False)
 
     @field_validator("port", mode="before")
     @classmethod
@@ -99,16 +76,9 @@ class EmailTable(_Channel):
             raise problem('`to` must be a list of mail addresses, e.g. to = ["ops@example.com"]')
         return tuple(to)
 
-    @field_validator("allow_plaintext_auth", mode="before")
-    @classmethod
-    def _plaintext(cls, value):
-        if not isinstance(value, bool):
-            raise problem("allow_plaintext_auth must be true or false")
-        return value
-
     @classmethod
     def cross(cls, data: dict, context: dict) -> list[tuple[tuple, str]]:
-        found = _only_one(data, "password")
+        found = only_one(data, "password")
         if ("username" in data) != bool(given(data, "password")):
             found.append(((), "give both `username` and one of password_secret, password_env or password_file "
                               "(or neither, for a relay that needs no login)"))
@@ -145,10 +115,7 @@ class WebhookTable(_Channel):
                           'or the credentials as a header ({ env = "VAR" })')
         return value
 
-    @field_validator("url_env", "url_file", "url_secret", mode="before")
-    @classmethod
-    def _source(cls, value, info):
-        return check_ref(value, info.field_name, info.field_name.rpartition("_")[2])
+    _source = sources("url")
 
     @field_validator("headers", mode="before")
     @classmethod
@@ -169,7 +136,7 @@ class WebhookTable(_Channel):
     def cross(cls, data: dict, context: dict) -> list[tuple[tuple, str]]:
         refs = given(data, "url")
         if len(refs) > 1:
-            return _only_one(data, "url")
+            return only_one(data, "url")
         if ("url" in data) == bool(refs):
             return [((), "give exactly one of url, url_env, url_file or url_secret")]
         return []
@@ -209,20 +176,9 @@ class ReportsTable(Table):
     email: EmailTable | None = None
     webhook: WebhookTable | None = None
 
-    @field_validator("when", mode="before")
-    @classmethod
-    def _when(cls, value):
-        return one_of(value, "when", WHEN, quote=True)
-
-    @field_validator("max_retries", mode="before")
-    @classmethod
-    def _retries(cls, value):
-        return number(value, "max_retries", integer=True)
-
-    @field_validator("backoff_s", mode="before")
-    @classmethod
-    def _backoff(cls, value):
-        return number(value, "backoff_s")
+    _when = validator(one_of, "when", choices=WHEN, quote=True)
+    _retries = validator(number, "max_retries", integer=True)
+    _backoff = validator(number, "backoff_s")
 
     def build(self, secrets: tuple[str, str]) -> ReportsConfig:
         return ReportsConfig(when=self.when, email=self.email and self.email.build(secrets),

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from tinabs_tasks.config.base import MODES, Table, one_of, text
+from tinabs_tasks.config.base import MODES, Table, flag, one_of, text, validator
 from tinabs_tasks.config.errors import NAME, ConfigError, problem, problems_of, several
 from tinabs_tasks.config.schedule_entries import (DEFAULT_DAILY_AT, DEFAULT_LOCK_TIMEOUT_S, UNIT_S, BackupSchedule,
                                                   Entry, ScheduleConfig, When, describe_backup)
@@ -58,12 +58,7 @@ def check_cron(cron, where: str) -> str:
 class _Switch(Table):
     enabled: bool = True
 
-    @field_validator("enabled", mode="before")
-    @classmethod
-    def _enabled(cls, value):
-        if not isinstance(value, bool):
-            raise problem("enabled must be true or false")
-        return value
+    _enabled = validator(flag, "enabled", got=False)
 
 
 class _Timed(_Switch):
@@ -105,10 +100,7 @@ class _Backup(Table):
     mode: str | None = None
     pools: tuple[str, ...] = ()
 
-    @field_validator("mode", mode="before")
-    @classmethod
-    def _mode(cls, value):
-        return one_of(value, "mode", MODES)
+    _mode = validator(one_of, "mode", choices=MODES)
 
     @field_validator("pools", mode="before")
     @classmethod
@@ -165,10 +157,7 @@ class BackupTable(_Backup, _Named):
                     "prune the backups other schedules made of the same VM")
         return None
 
-    @field_validator("tag", "vm", mode="before")
-    @classmethod
-    def _selector(cls, value, info):  # never widen into "everything"
-        return text(value, info.field_name)
+    _selector = validator(text, "tag", "vm")  # never widen into "everything"
 
     @field_validator("all", mode="before")
     @classmethod
@@ -235,10 +224,7 @@ class ScheduleTable(Table):
     janitor: UpkeepTable | None = None
     prune: UpkeepTable | None = None
 
-    @field_validator("backups", "verify", mode="before")
-    @classmethod
-    def _arrays(cls, value, info):
-        return _array(value, info.field_name)
+    _arrays = validator(_array, "backups", "verify")
 
     @field_validator("timezone", mode="before")
     @classmethod

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from tinabs_tasks.config.base import Record, text
+from tinabs_tasks.config.base import Record, text, validator
 from tinabs_tasks.config.errors import problem
 from tinabs_tasks.config.secrets import SecretError, read_password_file, read_secret
 
@@ -62,6 +62,17 @@ def check_ref(value, key: str, kind: str, *, absolute: bool = True, instead: str
         raise problem(f"{key} is a file name in the secrets directory, not a path (got {value!r})" +
                       (f"; {instead}" if instead else ""))
     return value
+
+
+def sources(stem: str):
+    """The before-validator of a table's ``<stem>_env`` / ``<stem>_file`` / ``<stem>_secret`` keys."""
+    return validator(lambda value, key: check_ref(value, key, key.rpartition("_")[2]), *source_keys(stem))
+
+
+def only_one(data: dict, stem: str) -> list[tuple[tuple, str]]:
+    """A table's problem (for ``cross``) when it has more than one source key of ``stem``."""
+    keys = given(data, stem)
+    return [((), f"give only one of {', '.join(keys)}")] if len(keys) > 1 else []
 
 
 def ref(table, stem: str, secrets: tuple[str, str]) -> SecretRef | None:

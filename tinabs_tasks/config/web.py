@@ -12,9 +12,9 @@ import ipaddress
 
 from pydantic import field_validator
 
-from tinabs_tasks.config.base import Record, Table, http_url, number, text
+from tinabs_tasks.config.base import Record, Table, flag, http_url, number, text, validator
 from tinabs_tasks.config.errors import ConfigError, problem
-from tinabs_tasks.config.sources import SecretRef, check_ref, given, ref
+from tinabs_tasks.config.sources import SecretRef, only_one, ref, sources
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 PASSWORD_ENV = "TINABS_WEB_PASSWORD"
@@ -78,10 +78,9 @@ class WebTable(Table):
     tls_key: str = ""
     answer_wait_s: float = 20.0
 
-    @field_validator("username", "tls_cert", "tls_key", mode="before")
-    @classmethod
-    def _text(cls, value, info):
-        return text(value, info.field_name)
+    _text = validator(text, "username", "tls_cert", "tls_key")
+    _source = sources("password")
+    _secure = validator(flag, "secure_cookies")
 
     @field_validator("listen", mode="before")
     @classmethod
@@ -91,22 +90,10 @@ class WebTable(Table):
             raise problem(f"listen {_listen_problem(value)}")
         return value
 
-    @field_validator("password_env", "password_file", "password_secret", mode="before")
-    @classmethod
-    def _source(cls, value, info):
-        return check_ref(value, info.field_name, info.field_name.rpartition("_")[2])
-
     @field_validator("flower_url", mode="before")
     @classmethod
     def _flower(cls, value):
         return http_url(value, "flower_url").rstrip("/")
-
-    @field_validator("secure_cookies", mode="before")
-    @classmethod
-    def _secure(cls, value):
-        if not isinstance(value, bool):
-            raise problem(f"secure_cookies must be true or false, got {value!r}")
-        return value
 
     @field_validator("session_hours", "answer_wait_s", mode="before")
     @classmethod
@@ -117,10 +104,7 @@ class WebTable(Table):
 
     @classmethod
     def cross(cls, data: dict, context: dict) -> list[tuple[tuple, str]]:
-        found = []
-        sources = given(data, "password")
-        if len(sources) > 1:
-            found.append(((), f"give only one of {', '.join(sources)}"))
+        found = only_one(data, "password")
         if ("tls_cert" in data) != ("tls_key" in data):
             found.append(((), "give both tls_cert and tls_key (or neither)"))
         return found

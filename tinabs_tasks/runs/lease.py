@@ -14,22 +14,14 @@ import uuid
 
 from tinabs_tasks.runs import keys
 
-_ACQUIRE = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZSCORE', KEYS[1], ARGV[3]) then
-  redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
-  redis.call('EXPIREAT', KEYS[1], math.ceil(tonumber(ARGV[4])) + 1)
-  return 1
+#: a slot, as (token, expiry[, now, limit]): with ``now`` and ``limit`` it is an acquire (drop the
+#: expired leases, then keep a slot already held or take a free one), without them a renewal (a
+#: slot already held only); either moves the slot's expiry, and the set's
+_SLOT = """
+if ARGV[3] then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
 end
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
-  redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
-  redis.call('EXPIREAT', KEYS[1], math.ceil(tonumber(ARGV[4])) + 1)
-  return 1
-end
-return 0
-"""
-_RENEW = """
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) or (ARGV[4] and redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[4])) then
   redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
   redis.call('EXPIREAT', KEYS[1], math.ceil(tonumber(ARGV[2])) + 1)
   return 1
@@ -54,15 +46,14 @@ class PoolSemaphore:
     def __init__(self, redis, pool: str, limit: int, lease_s: float):
         self.r, self.key, self.limit, self.lease_s = redis, keys.semaphore(pool), limit, lease_s
         self.wake_key = keys.semaphore_wake(pool)
-        self._acquire = redis.register_script(_ACQUIRE)
-        self._renew = redis.register_script(_RENEW)
+        self._slot = redis.register_script(_SLOT)
 
     def try_acquire(self, token: str) -> bool:
         now = time.time()
-        return bool(self._acquire(keys=[self.key], args=[now, self.limit, token, now + self.lease_s]))
+        return bool(self._slot(keys=[self.key], args=[token, now + self.lease_s, now, self.limit]))
 
     def renew(self, token: str) -> bool:
-        return bool(self._renew(keys=[self.key], args=[token, time.time() + self.lease_s]))
+        return bool(self._slot(keys=[self.key], args=[token, time.time() + self.lease_s]))
 
     def release(self, token: str) -> None:
         """Free the slot and wake one waiter at once (a waiter polls too, so a lost wake-up
