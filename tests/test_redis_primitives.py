@@ -471,3 +471,37 @@ def test_holding_slots_gets_a_slot_freed_while_it_waits(r):
     finally:
         timer.cancel()
     assert 0.2 < took < 2, took
+
+
+# -- parked transfers -------------------------------------------------------------------------------
+def test_a_transfer_that_finds_the_pool_full_parks_and_a_released_slot_sends_it_on(r):
+    # Given a pool limited to 1, held by run1's export, and a sender that records what it sends
+    sent = []
+    slots = Slots(r, POOL, 1, 10, wait_s=0.1, send=lambda stage, ctx: sent.append((stage, ctx["run"])))
+    with slots.hold("run1", "export"):
+        # When run2's and then run3's exports find the pool full
+        for run in ("run2", "run3"):
+            with pytest.raises(WaitForSlot) as waited:
+                with slots.hold(run, "export", park=("export", {"run": run})):
+                    pass
+            # Then each is parked (it need not come back soon), and nothing is sent yet
+            assert waited.value.parked
+        assert r.zcard(keys.semaphore_parked(POOL)) == 2 and sent == []
+    # And when run1's export releases its slot, the oldest parked transfer is sent on, once
+    assert sent == [("export", "run2")]
+    assert r.zcard(keys.semaphore_parked(POOL)) == 1
+    assert 0 < r.ttl(keys.semaphore_parked(POOL)) <= 24 * 3600
+
+
+def test_a_transfer_without_anything_to_park_only_waits(r):
+    # Given a full pool
+    slots = Slots(r, POOL, 1, 10, wait_s=0.1, send=lambda stage, ctx: None)
+    with slots.hold("run1", "export"):
+        # When another transfer gives nothing to park (or the slots have no sender)
+        for other in (slots, Slots(r, POOL, 1, 10, wait_s=0.1)):
+            with pytest.raises(WaitForSlot) as waited:
+                with other.hold("run2", "export", park=("export", {"run": "run2"}) if other is not slots else None):
+                    pass
+            # Then it is told to come back soon, and the parked set stays empty
+            assert not waited.value.parked
+    assert not r.exists(keys.semaphore_parked(POOL))

@@ -24,7 +24,7 @@ def run(env, ctx: dict) -> dict:
     copy = markers.find_named(x, "VDI", label, ctx["run"]) if env.again else None  # (only a re-run made one)
     if copy is None:
         backup_sr = xapi.sr_by_name_or_uuid(xapi.pool.backup_sr)
-        with slots.hold(ctx["run"], "copy"):
+        with slots.hold(ctx["run"], "copy", park=("copy", ctx)):
             copy = xapi.call_async_marked("VDI.copy", ctx["refs"]["snapshot"], backup_sr, run=ctx["run"],
                                           progress=report.fraction)  # marked: an abort cancels it
         markers.mark(x, "VDI", copy, ctx, markers.Role.SYSTEM_COPY, label)

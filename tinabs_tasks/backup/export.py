@@ -37,7 +37,7 @@ def run(env, ctx: dict) -> dict:
     needed = xva_size([tuple(d) for d in ctx["estimate_disks"]]) if ctx.get("estimate_disks") \
         else expected_size(xapi, ctx)  # (a run started before the snapshot stage recorded them)
     assert_room(dest, needed, reserve)
-    with slots.hold(ctx["run"], "export") as beat:
+    with slots.hold(ctx["run"], "export", park=("export", ctx)) as beat:
         began = time.time()
         size, digest = download(xapi, "/export", {"ref": ctx["refs"]["backup_vm"]}, paths, report, beat,
                                 run=ctx["run"])

@@ -26,7 +26,7 @@ def run(env, ctx: dict) -> dict:
     x = xapi.x
     copy = ctx["refs"]["system_copy"]
     began = time.time()
-    with slots.hold(ctx["run"], "metadata") as beat:
+    with slots.hold(ctx["run"], "metadata", park=("metadata", ctx)) as beat:
         size, digest = download(xapi, "/export_metadata",
                                 {"ref": ctx["refs"]["backup_vm"], "export_snapshots": "false"},
                                 paths, report, beat, run=ctx["run"])

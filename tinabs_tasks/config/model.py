@@ -129,8 +129,30 @@ def config_path(explicit: str | None = None) -> str:
     return explicit or os.environ.get("TINABS_CONFIG") or DEFAULT_PATH
 
 
+#: what a config depends on besides its file: a load with the same file and these is the same Config
+_ENV_INPUTS = ("TINABS_BROKER_URL", "TINABS_RESULT_BACKEND", "TINABS_SECRETS_DIR", "CREDENTIALS_DIRECTORY")
+_loaded: dict[tuple, Config] = {}
+
+
 def load(path: str | None = None) -> Config:
+    """The config at ``path`` (or $TINABS_CONFIG, or the default path).  A process reads and checks a
+    file once: a command that loads it, then builds the Celery app (which loads it too), parses it
+    once; a changed file (its size, mtime or inode) is read again."""
     path = config_path(path)
+    try:
+        st = os.stat(path)
+        key = (os.path.abspath(path), st.st_ino, st.st_size, st.st_mtime_ns, *(os.environ.get(v) for v in _ENV_INPUTS))
+    except OSError:
+        key = None
+    if key in _loaded:
+        return _loaded[key]
+    cfg = _read(path)
+    if key is not None:
+        _loaded[key] = cfg
+    return cfg
+
+
+def _read(path: str) -> Config:
     try:
         with open(path, "rb") as fh:
             raw = tomllib.load(fh)

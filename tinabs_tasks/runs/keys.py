@@ -59,6 +59,13 @@ def semaphore_wake(pool: str) -> str:
     return f"{PREFIX}:sem:{pool}:wake"
 
 
+def semaphore_parked(pool: str) -> str:
+    """Sorted set of the transfers waiting for one of the pool's slots, by when they asked: each
+    member is JSON {stage, ctx}; a released slot sends the oldest on (runs/slots.py).  Expires a
+    day after the last transfer parked in it."""
+    return f"{PREFIX}:sem:{pool}:parked"
+
+
 def lease(name: str) -> str:
     """A single-holder lease (the export of one run, a run's stage guard, a VM's lock
     ``vm:<pool>:<uuid>``), value = holder token; expires unless its holder renews it."""

@@ -90,7 +90,9 @@ class StageTask(Task):
         except WaitForSlot as wait:
             record.release()
             services.jobs().update_run(ctx["run"], state=RunState.QUEUED.value, stage=f"{stage.name}: waiting ({wait})")
-            raise self.retry(args=(ctx,), countdown=random.uniform(*SLOT_WAIT_S), max_retries=None)
+            # parked: a released slot sends it on; this copy only comes back should that never happen
+            countdown = services.parked_backstop_s() if wait.parked else random.uniform(*SLOT_WAIT_S)
+            raise self.retry(args=(ctx,), countdown=countdown, max_retries=None)
         except Exception as exc:
             record.release()  # compensation takes the run's lease: let it start at once
             raise self.failed(ctx, exc) from None

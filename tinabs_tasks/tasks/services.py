@@ -31,7 +31,17 @@ def xapi(pool: str) -> Xapi:
 
 
 def slots(pool: str) -> Slots:
-    return Slots(redis(), pool, CFG.pool(pool).max_concurrent_exports, CFG.limits.lease_s)
+    """The pool's transfer slots; a released slot sends the oldest parked transfer on."""
+    return Slots(redis(), pool, CFG.pool(pool).max_concurrent_exports, CFG.limits.lease_s, send=send_stage)
+
+
+def send_stage(stage: str, ctx: dict) -> None:
+    app.send_task(f"tinabs.{stage}", args=(ctx,), ignore_result=True)
+
+
+def parked_backstop_s() -> float:
+    """When a parked transfer comes back by itself (should whoever would have sent it on die)."""
+    return max(5.0, min(60.0, float(CFG.limits.lease_s)))
 
 
 def stage_env(pool: str, report, again: bool = False) -> StageEnv:
