@@ -21,6 +21,7 @@ from celery import Celery
 from kombu import Queue
 
 from tinabs_tasks.config import model as config_mod
+from tinabs_tasks.config.pools import queue_name
 from tinabs_tasks.xapi.tls import insecure_warnings
 
 log = logging.getLogger("tinabs")
@@ -52,18 +53,15 @@ ASK_TIME_LIMIT_S = 60
 REPORT_TIME_LIMIT_S = 600
 
 
-def queue_of(pool: str) -> str:
-    return f"tinabs.pool.{pool}"
-
-
-def pool_of(name: str, args) -> str | None:
-    """The pool a task belongs to, from its arguments (None: no one pool's)."""
+def pool_of(name: str, args, stage=None) -> str | None:
+    """The pool a task belongs to, from its arguments (None: no one pool's); ``stage``: the task's
+    row of the stage table, when it is a stage."""
     args = tuple(args or ())
     if name == "tinabs.plan":
         return args[1] if len(args) > 1 else None
     if name in _POOL_FIRST:
         return args[0] if args else None
-    if name == "tinabs.compensate" or _stage(name) is not None:
+    if name == "tinabs.compensate" or stage is not None:
         return args[0].get("pool") if args and isinstance(args[0], dict) else None
     return None
 
@@ -78,10 +76,10 @@ def _stage(name: str):
 
 def route(name, args, kwargs, options, task=None, **_):
     """The app's one router (``task_routes``): the queue and the priority of every task sent."""
-    pool = pool_of(name, args)
     stage = _stage(name)
+    pool = pool_of(name, args, stage)
     priority = stage.priority if stage is not None else _TASKS.get(name, (None,))[0]
-    out = {"queue": queue_of(pool) if pool else DEFAULT_QUEUE}
+    out = {"queue": queue_name(pool) if pool else DEFAULT_QUEUE}
     if priority is not None:
         out["priority"] = priority
     return out

@@ -54,11 +54,6 @@ STAGES = {s.name: s for s in (
 )}
 
 
-#: the tasks that are no stage, and their priority (plan and compensation come before any stage)
-PLAN_PRIORITY = 0
-COMPENSATE_PRIORITY = 0
-
-
 def stages_of(mode: str) -> tuple[str, ...]:
     return MODES[mode]
 

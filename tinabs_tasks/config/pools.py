@@ -18,6 +18,11 @@ PASSWORD_SOURCES = ("password_secret", "password_env", "password_file")
 _ONE_SOURCE = "password_secret, password_env or password_file"
 
 
+
+def queue_name(pool: str) -> str:
+    """The Celery queue of a pool's tasks (app.py routes there; `tinabs worker --pools` consumes it)."""
+    return f"tinabs.pool.{pool}"
+
 class PoolConfig(Record):
     """A pool as the workers and the CLI use it (``name`` is its key in [pools])."""
     name: str
@@ -42,7 +47,7 @@ class PoolConfig(Record):
 
     @property
     def queue(self) -> str:
-        return f"tinabs.pool.{self.name}"
+        return queue_name(self.name)
 
     def _source(self, kind: str) -> str | None:
         return self.secret.name if self.secret is not None and self.secret.kind == kind else None

@@ -151,7 +151,13 @@ class RunRecord:
     def progress(self) -> tuple[int, dict | None]:
         """(index of the last finished stage or -1, the context it produced)."""
         done, ctx = self.r.hmget(self.key, "done", "ctx")
-        return (int(done) if done not in (None, "") else -1), (json.loads(ctx) if ctx else None)
+        return progress_of({"done": done, "ctx": ctx})
+
+
+def progress_of(rec: dict) -> tuple[int, dict | None]:
+    """(index of the last finished stage or -1, the context it produced) of a run's record."""
+    done, ctx = rec.get("done"), rec.get("ctx")
+    return (int(done) if done not in (None, "") else -1), (json.loads(ctx) if ctx else None)
 
 
 def lease_held(rec: dict, now: float | None = None) -> bool:

@@ -229,10 +229,6 @@ class JobStore:
             args=[self.hold_s, time.time(), run_id, fields["job"], *_flat({k: v for k, v in fields.items() if k != "job"})])
         return bool(claimed), stamp or fields.get("stamp", "")
 
-    def claim_send(self, run_id: str) -> bool:
-        """True exactly once per run: whoever gets it sends the run's chain."""
-        return bool(self.r.hsetnx(keys.run(run_id), "sent", 1))
-
     def unclaim_send(self, run_id: str) -> None:
         self.r.hdel(keys.run(run_id), "sent")
 

@@ -11,13 +11,12 @@ the copy is harmless: the run's record turns it away.
 """
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 
 from tinabs_tasks.runs import keys
-from tinabs_tasks.runs.record import lease_held
+from tinabs_tasks.runs.record import lease_held, progress_of
 from tinabs_tasks.runs.store import JobStore, RunState
 
 log = logging.getLogger("tinabs")
@@ -47,8 +46,7 @@ def stuck_runs(redis, stuck_after_s: float, now: float | None = None) -> list[tu
 def resume(redis, cfg, rid: str, rec: dict, send_stages, send_compensate) -> str | None:
     """Send the stuck run on; returns what was sent, or None for a run that never started (its
     first message waits in the queue, or the plan will send it)."""
-    done = int(rec["done"]) if rec.get("done") not in (None, "") else -1
-    ctx = _ctx(rec)
+    done, ctx = progress_of(rec)
     if rec["state"] == RunState.FAILING.value and ctx is not None:
         send_compensate(ctx, rec.get("error") or "failed")
         return "compensate"
@@ -57,10 +55,6 @@ def resume(redis, cfg, rid: str, rec: dict, send_stages, send_compensate) -> str
     sent = send_stages(ctx, done + 1)
     JobStore(redis, cfg.limits.state_ttl_s).update_run(rid, resumed=int(rec.get("resumed", 0)) + 1)
     return sent
-
-
-def _ctx(rec: dict) -> dict | None:
-    return json.loads(rec["ctx"]) if rec.get("ctx") else None
 
 
 def sweep(redis, cfg, send_stages, send_compensate) -> list[str]:

@@ -21,7 +21,7 @@ from tinabs_tasks.runs.store import RunState
 from tinabs_tasks.runs.vm_lock import skipped_note
 from tinabs_tasks.storage import destination
 from tinabs_tasks.tasks import services
-from tinabs_tasks.tasks.engine import register_stage_tasks, send_stage
+from tinabs_tasks.tasks.engine import register_stage_tasks
 from tinabs_tasks.xapi import connect
 from tinabs_tasks.xapi.errors import classify
 
@@ -78,18 +78,14 @@ def _send_stages(ctx: dict, start: int) -> str:
     """The run's stage ``start`` (and, by the engine, every one after it)."""
     names = table.stages_of(ctx["mode"])
     name = names[min(start, len(names) - 1)]
-    send_stage(ctx, name)
+    services.send_stage(name, ctx)
     return name
-
-
-def _send_compensate(ctx: dict, reason: str) -> None:
-    app.send_task("tinabs.compensate", args=(ctx, reason), ignore_result=True)
 
 
 @worker_ready.connect
 def _sweep_for_stuck_runs(**_):
     """Every worker looks for runs whose next message Redis lost (one worker at a time)."""
-    sweep.start_sweeping(services.redis(), CFG, _send_stages, _send_compensate)
+    sweep.start_sweeping(services.redis(), CFG, _send_stages, services.send_compensate)
 
 
 def run_id(job: str, pool: str, vm_uuid: str) -> str:
@@ -146,7 +142,7 @@ def _start_run(jobs, job: str, pool: str, mode: str, vm: dict, stamp: str, notes
                                                             "path": paths["data"]})
     if claimed:
         try:
-            send_stage(ctx, table.stages_of(mode)[0])
+            services.send_stage(table.stages_of(mode)[0], ctx)
         except BaseException:
             jobs.unclaim_send(rid)
             locks.release(pool, vm["uuid"], rid)

@@ -129,15 +129,11 @@ class StageTask(Task):
         Flower and the worker's log: which run, pool and VM; never the whole context)."""
         following = None if self.stage.ends_run else table.next_stage(ctx["mode"], self.stage.name)
         if following is not None:
-            send_stage(ctx, following)
+            services.send_stage(following, ctx)
         else:
             end_run(ctx)
         return {"run": ctx["run"], "pool": ctx["pool"], "vm": ctx["vm"]["name"], "stage": self.stage.name,
                 "next": following or "done"}
-
-
-def send_stage(ctx: dict, stage: str) -> None:
-    app.send_task(table.task_name(stage), args=(ctx,), ignore_result=True)
 
 
 def end_run(ctx: dict) -> None:
@@ -160,7 +156,7 @@ def give_up(ctx: dict, stage: str, reason: str) -> StageFailed:
     """Hand the run to compensation; the exception the stage task ends with."""
     services.jobs().update_run(ctx["run"], state=RunState.FAILING.value, error=reason, failed_stage=stage)
     ctx.pop("unreachable_since", None)
-    app.send_task("tinabs.compensate", args=(ctx, reason), ignore_result=True)
+    services.send_compensate(ctx, reason)
     return StageFailed(reason)
 
 

@@ -2,8 +2,10 @@
 pools' XAPI ports and transfer slots, and the end of a run."""
 from __future__ import annotations
 
+import functools
+
 from tinabs_tasks.app import app
-from tinabs_tasks.backup.table import StageEnv
+from tinabs_tasks.backup.table import StageEnv, task_name
 from tinabs_tasks.runs import keys, metrics
 from tinabs_tasks.runs.redis_client import client
 from tinabs_tasks.runs.slots import Slots
@@ -21,7 +23,9 @@ def redis():
     return client(CFG.broker_url, outage_s=REDIS_OUTAGE_S)
 
 
+@functools.cache
 def jobs() -> JobStore:
+    """One job store per process (it holds nothing but the cached client and its scripts)."""
     from tinabs_tasks.tasks.report import request_report  # a job's end sends its report
     return JobStore(redis(), CFG.limits.state_ttl_s, on_end=request_report)
 
@@ -36,7 +40,12 @@ def slots(pool: str) -> Slots:
 
 
 def send_stage(stage: str, ctx: dict) -> None:
-    app.send_task(f"tinabs.{stage}", args=(ctx,), ignore_result=True)
+    """A run's stage, sent by name (the router picks its queue and priority); nobody reads its result."""
+    app.send_task(task_name(stage), args=(ctx,), ignore_result=True)
+
+
+def send_compensate(ctx: dict, reason: str) -> None:
+    app.send_task("tinabs.compensate", args=(ctx, reason), ignore_result=True)
 
 
 def parked_backstop_s() -> float:
