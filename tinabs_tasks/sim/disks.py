@@ -36,7 +36,33 @@ def _pattern(seed: int, chunk_no: int, start: int, end: int) -> bytes:
 
 
 class Content:
+    """A disk's bytes.  ``lineage`` names the history a content belongs to (an overlay shares
+    its base's); ``parent`` is the content an overlay was written over; ``children`` counts the
+    overlays written over this one (a content with children is never changed in place)."""
+
     size: int
+    parent: "Content | None" = None
+
+    @property
+    def lineage(self) -> object:
+        return self.__dict__.setdefault("_lineage", object())
+
+    @lineage.setter
+    def lineage(self, value: object) -> None:
+        self.__dict__["_lineage"] = value
+
+    @property
+    def children(self) -> int:
+        return self.__dict__.get("_children", 0)
+
+    @children.setter
+    def children(self, value: int) -> None:
+        self.__dict__["_children"] = value
+
+    def layer_chunks(self) -> set[int]:
+        """The chunks this layer itself holds (all of them, for a content that is no overlay)."""
+        candidates = self.candidate_chunks()
+        return set(range(self.chunk_count()) if candidates is None else candidates)
 
     def chunk_count(self) -> int:
         return max(1, -(-self.size // CHUNK))
@@ -66,9 +92,20 @@ class Content:
         return sum(self.chunk_length(k) for k in self.data_chunks())
 
     def sha256(self) -> str:
+        """The sha256 of every byte.  Zero chunks are hashed from memory, never read, but the
+        hash still walks the whole disk: ``digest`` is the one that costs only the data."""
         digest = hashlib.sha256()
+        data = set(self.data_chunks())
         for k in range(self.chunk_count()):
-            digest.update(self.chunk(k))
+            digest.update(self.chunk(k) if k in data else ZERO_CHUNK[: self.chunk_length(k)])
+        return digest.hexdigest()
+
+    def digest(self) -> str:
+        """A hash of the disk that reads only its data: sha256 over the size, then each non-zero
+        chunk's number and sha256.  Equal disks give equal digests, whatever their history."""
+        digest = hashlib.sha256(b"tinabs-sim-digest-1 %d\n" % self.size)
+        for k in self.data_chunks():
+            digest.update(struct.pack(">Q", k) + hashlib.sha256(self.chunk(k)).digest())
         return digest.hexdigest()
 
 
@@ -129,34 +166,135 @@ def _choose_regions(rng: random.Random, size: int, density: float, count: int | 
 
 
 class OverlayContent(Content):
-    """``base`` with some chunks replaced (guest writes after a snapshot)."""
+    """``base`` with some chunks replaced (guest writes after a snapshot, imports into a disk).
 
-    def __init__(self, base: Content):
+    Whole chunks written from a seed are kept as their seed and made again on each read
+    (``POST /sim/drift`` on a 64 GiB fleet costs bytes, not GiB); other written chunks go to
+    a sparse scratch file, never to memory.  ``base`` is never changed: a snapshot that
+    shares it keeps its bytes.
+    """
+
+    def __init__(self, base: Content, scratch_dir: str):
         self.base = base
         self.size = base.size
-        self._chunks: dict[int, bytes] = {}
+        self.lineage = base.lineage
+        base.children += 1
+        self._seeded: dict[int, int] = {}     # chunk -> seed of its whole-chunk pattern
+        self._literal: set[int] = set()       # chunks whose bytes are in the scratch file
+        self._scratch_dir = scratch_dir
+        self._file: FileContent | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def parent(self) -> Content:
+        return self.base
+
+    def layer_chunks(self) -> set[int]:
+        return set(self._seeded) | self._literal
 
     def write(self, offset: int, data: bytes) -> None:
         while data:
             k, inner = divmod(offset, CHUNK)
-            current = bytearray(self.chunk(k))
-            piece = data[: len(current) - inner]
-            current[inner: inner + len(piece)] = piece
-            self._chunks[k] = bytes(current)
+            piece = data[: self.chunk_length(k) - inner]
+            if inner == 0 and len(piece) == self.chunk_length(k):
+                self._store(k, piece)
+            else:
+                current = bytearray(self.chunk(k))
+                current[inner: inner + len(piece)] = piece
+                self._store(k, bytes(current))
             offset += len(piece)
             data = data[len(piece):]
 
+    def write_seeded(self, offset: int, length: int, seed: int) -> None:
+        """Bytes [offset, offset+length) become the deterministic pattern of ``seed`` (see ``seeded_bytes``)."""
+        end = offset + length
+        while offset < end:
+            k, inner = divmod(offset, CHUNK)
+            stop = min(end, k * CHUNK + self.chunk_length(k))
+            if inner == 0 and stop == k * CHUNK + self.chunk_length(k):
+                with self._lock:
+                    self._literal.discard(k)
+                    self._seeded[k] = seed
+            else:
+                self.write(offset, seeded_bytes(seed, offset, stop - offset))
+            offset = stop
+
+    def _store(self, k: int, chunk: bytes) -> None:
+        with self._lock:
+            if self._file is None:
+                self._file = FileContent(self._scratch_dir, self.size)
+            self._file.write(k * CHUNK, chunk)
+            self._seeded.pop(k, None)
+            self._literal.add(k)
+
     def chunk(self, k: int) -> bytes:
-        return self._chunks[k] if k in self._chunks else self.base.chunk(k)
+        seed = self._seeded.get(k)
+        if seed is not None:
+            return _pattern(seed, k, 0, self.chunk_length(k))
+        if k in self._literal:
+            return self._file.chunk(k)
+        return self.base.chunk(k)
 
     def chunk_is_zero(self, k: int) -> bool:
-        if k in self._chunks:
+        if k in self._seeded:
+            return False
+        if k in self._literal:
             return super().chunk_is_zero(k)
         return self.base.chunk_is_zero(k)
 
     def candidate_chunks(self) -> list[int] | None:
         base = self.base.candidate_chunks()
-        return None if base is None else sorted(set(base) | set(self._chunks))
+        return None if base is None else sorted(set(base) | self.layer_chunks())
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def seeded_bytes(seed: int, offset: int, length: int) -> bytes:
+    """The bytes a seeded write puts at [offset, offset+length): a function of (seed, position)
+    only, so two writes with one seed agree wherever they overlap."""
+    out, end = [], offset + length
+    while offset < end:
+        k, inner = divmod(offset, CHUNK)
+        stop = min(end, (k + 1) * CHUNK)
+        out.append(_pattern(seed, k, inner, inner + stop - offset))
+        offset = stop
+    return b"".join(out)
+
+
+class UnrelatedContent(ValueError):
+    """Two disks that share no history: no delta between them can be computed."""
+
+
+def history(content: Content) -> list[Content]:
+    """``content`` and the contents it was written over, newest first."""
+    chain = [content]
+    while chain[-1].parent is not None:
+        chain.append(chain[-1].parent)
+    return chain
+
+
+def differing_chunks(new: Content, old: Content) -> list[int]:
+    """Sorted chunk numbers where ``new`` may differ from ``old``, found from their histories
+    (the layers written since their newest common ancestor), without reading any data.
+
+    Raises UnrelatedContent when they have no common ancestor.  A chunk listed may hold the
+    same bytes in both (a write of equal data): like a VHD's allocated block, it is listed.
+    """
+    older = history(old)
+    ids = {id(c): i for i, c in enumerate(older)}
+    changed: set[int] = set()
+    for layer in history(new):
+        if id(layer) in ids:
+            for above in older[: ids[id(layer)]]:
+                changed |= above.layer_chunks()
+            if new.size != old.size:  # a resize: every chunk past the smaller end differs
+                small, big = sorted((new.chunk_count(), old.chunk_count()))
+                changed |= set(range(small, big)) & set(range(new.chunk_count()))
+            return sorted(k for k in changed if k < new.chunk_count())
+        changed |= layer.layer_chunks()
+    raise UnrelatedContent("the disks share no history")
 
 
 class FileContent(Content):

@@ -37,6 +37,8 @@ class SimPool:
         self.master_ref = NULL_REF
         self.tasks: Tasks | None = None
         self._session_seen: dict[str, float] = {}
+        #: callables (vdi_ref, offset, length) told of every write to a VDI's bytes
+        self.write_observers: list = []
 
     # -- topology -------------------------------------------------------------
     def add_host_endpoint(self, ref: str, address: str) -> None:
@@ -101,10 +103,30 @@ class SimPool:
     def guest_write(self, vdi_ref: str, offset: int, data: bytes) -> None:
         """What a running guest does to its disk: only this VDI changes, not its snapshots."""
         with self.store.lock:
-            current = self.content(vdi_ref)
-            overlay = OverlayContent(current)
-            overlay.write(offset, data)
-            self.disks[vdi_ref] = overlay
+            self._writable(vdi_ref).write(offset, data)
+            self.notify_written(vdi_ref, offset, len(data))
+
+    def seeded_write(self, vdi_ref: str, offset: int, length: int, seed: int) -> None:
+        """A guest write of ``length`` deterministic bytes from ``seed`` (disks.seeded_bytes)."""
+        with self.store.lock:
+            self._writable(vdi_ref).write_seeded(offset, length, seed)
+            self.notify_written(vdi_ref, offset, length)
+
+    def _writable(self, vdi_ref: str) -> OverlayContent:
+        """The VDI's own overlay, written in place while no other VDI or overlay shares it;
+        otherwise a new overlay over what it had (copy on write: snapshots keep their bytes)."""
+        current = self.content(vdi_ref)
+        if (isinstance(current, OverlayContent) and not current.children
+                and sum(1 for c in self.disks.values() if c is current) == 1):
+            return current
+        overlay = OverlayContent(current, self.scratch_dir)
+        self.disks[vdi_ref] = overlay
+        return overlay
+
+    def notify_written(self, vdi_ref: str, offset: int, length: int) -> None:
+        """Tell the write observers (changed block tracking) that bytes of a VDI changed."""
+        for observer in self.write_observers:
+            observer(vdi_ref, offset, length)
 
     def sr_visible_from(self, sr_ref: str, host_ref: str) -> bool:
         return any(self.store.get("PBD", pbd, "host") == host_ref and self.store.get("PBD", pbd, "currently_attached")
