@@ -1,6 +1,7 @@
 """The implicit messages every class gets (ocaml/idl/datamodel_utils.ml rules)."""
 from __future__ import annotations
 
+from tinabs_tasks.sim import where
 from tinabs_tasks.sim import wire
 from tinabs_tasks.sim.datamodel import model
 from tinabs_tasks.sim.errors import XapiError
@@ -15,6 +16,8 @@ def serve(ctx, cls: str, msg: str, args: tuple):
         return store.refs(cls)
     if msg == "get_all_records":
         return store.all_records(cls)
+    if msg in ("get_all_where", "get_all_records_where"):
+        return _where(store, cls, args[0], records=msg == "get_all_records_where")
     if msg == "get_by_uuid":
         return store.by_uuid(cls, _string(args[0], "uuid"))
     if msg == "get_by_name_label":
@@ -23,6 +26,16 @@ def serve(ctx, cls: str, msg: str, args: tuple):
         if msg.startswith(prefix) and msg[len(prefix):] in m.field_info:
             return action(ctx, cls, msg[len(prefix):], *args)
     return NotImplemented
+
+
+def _where(store, cls: str, expr, records: bool):
+    """The hidden get_all_where / get_all_records_where (gen_db_actions: Db_filter.expr_of_string,
+    then every row of the table is tested; see :mod:`.where`)."""
+    parsed = where.parse(expr)
+    with store.lock:
+        found = {ref: rec for ref, rec in store.all_records(cls).items()
+                 if where.matches(parsed, where.db_row(cls, ref, rec))}
+    return found if records else list(found)
 
 
 def _string(value, name):

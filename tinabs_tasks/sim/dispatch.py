@@ -48,7 +48,8 @@ def resolve(method: str) -> tuple[str, str, bool]:
     cls, sep, msg = name.partition(".")
     if not sep:
         cls, _, msg = name.partition("_")
-    if cls not in datamodel.CLASSES or msg not in datamodel.model(cls).messages:
+    known = datamodel.CLASSES + datamodel.MESSAGE_ONLY_CLASSES
+    if cls not in known or msg not in datamodel.model(cls).messages:  # includes the hidden *_where
         raise XapiError("MESSAGE_METHOD_UNKNOWN", method)
     return cls, msg, is_async
 

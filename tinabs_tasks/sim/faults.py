@@ -109,7 +109,7 @@ def _check_method(name) -> None:
     if not isinstance(name, str):
         raise FaultSpecError("'method' is a string such as 'VDI.copy'")
     cls, _, msg = normalize_method(name).partition(".")
-    if cls not in datamodel.CLASSES or msg not in datamodel.model(cls).messages:
+    if cls not in datamodel.CLASSES + datamodel.MESSAGE_ONLY_CLASSES or msg not in datamodel.model(cls).messages:
         raise FaultSpecError(f"unknown XAPI method {name!r}")
 
 

@@ -6,12 +6,15 @@ disagree with it (xapi keeps them consistent the same way, in its DB layer).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import random
 import threading
 import uuid as uuidlib
 
 from tinabs_tasks.sim.datamodel import NULL_REF, model
 from tinabs_tasks.sim.errors import XapiError, handle_invalid
+from tinabs_tasks.sim.events import Journal
 
 #: (parent class, set field) <- (child class, forward ref field)
 RELATIONS = {
@@ -40,23 +43,43 @@ class Store:
 
     def __init__(self):
         self.lock = threading.RLock()
+        #: while the inventory is built, uuids and refs come from this (``seeded_ids``)
+        self._id_rng: random.Random | None = None
         self._objects: dict[str, dict[str, dict]] = {}
         self._uuid_index: dict[tuple[str, str], str] = {}
         self._children: dict[tuple[str, str], dict[str, set[str]]] = {key: {} for key in RELATIONS}
+        #: every create / write / destroy, for event.from and event.next
+        self.journal = Journal()
+
+    # -- identifiers ----------------------------------------------------------
+    @contextlib.contextmanager
+    def seeded_ids(self, seed: str):
+        """uuids and refs made inside come from ``seed``: one ``--seed`` gives one inventory, uuids
+        included.  Objects that clients create later get random ones, as xapi's do."""
+        self._id_rng = random.Random(seed)
+        try:
+            yield
+        finally:
+            self._id_rng = None
+
+    def new_uuid(self) -> str:
+        rng = self._id_rng
+        return str(uuidlib.uuid4() if rng is None else uuidlib.UUID(int=rng.getrandbits(128), version=4))
 
     # -- creation and removal -------------------------------------------------
     def create(self, cls: str, fields: dict, ref: str | None = None) -> str:
         with self.lock:
             record = model(cls).blank_record()
-            record["uuid"] = str(uuidlib.uuid4())
+            record["uuid"] = self.new_uuid()
             record.update(fields)
-            ref = ref or new_ref()
+            ref = ref or f"OpaqueRef:{self.new_uuid()}"
             for parent_key in self._relation_keys(cls):
                 record.pop(parent_key[1], None)
             self._objects.setdefault(cls, {})[ref] = record
             self._uuid_index[(cls, record["uuid"])] = ref
             for field, value in record.items():
                 self._link(cls, field, ref, None, value)
+            self.journal.created(cls, ref, lambda: self.record(cls, ref))
             return ref
 
     def destroy(self, cls: str, ref: str) -> None:
@@ -64,6 +87,7 @@ class Store:
             record = self._raw(cls, ref)
             for field, value in record.items():
                 self._link(cls, field, ref, value, None)
+            self.journal.deleted(cls, ref, lambda: self.record(cls, ref))
             del self._objects[cls][ref]
             self._uuid_index.pop((cls, record["uuid"]), None)
 
@@ -115,6 +139,7 @@ class Store:
                 self._uuid_index.pop((cls, record["uuid"]), None)
                 self._uuid_index[(cls, value)] = ref
             record[field] = value
+            self.journal.modified(cls, ref, lambda: self.record(cls, ref))
 
     def update(self, cls: str, ref: str, **fields) -> None:
         with self.lock:
@@ -139,5 +164,13 @@ class Store:
         children = self._children[parent]
         if old and old != NULL_REF:
             children.get(old, set()).discard(ref)
+            self._touch_parent(parent[0], old)
         if new and new != NULL_REF:
             children.setdefault(new, set()).add(ref)
+            self._touch_parent(parent[0], new)
+
+    def _touch_parent(self, cls: str, ref: str) -> None:
+        # the parent's Set(Ref) field changed with the child's reference: xapi's DB rewrites the
+        # parent row too (db_cache_types.ml update_one_to_many), so a watcher of the VM sees a mod
+        # when one of its VBDs comes or goes
+        self.journal.modified(cls, ref, lambda: self.record(cls, ref))

@@ -15,15 +15,25 @@ from tinabs_tasks.sim.datamodel import FieldType
 from tinabs_tasks.sim.errors import XapiError
 
 
+class Int32(int):
+    """An rpclib ``Int32``, written ``<i4>`` (event.from's valid_ref_counts) where every other
+    int is a bare string: a Python client gets an int for it, not a str."""
+
+
 def _encode(value, out: list[str]) -> None:
     if isinstance(value, bool):
         out.append("<value><boolean>%d</boolean></value>" % value)
+    elif isinstance(value, Int32):
+        out.append("<value><i4>%d</i4></value>" % value)
     elif isinstance(value, str):
         out.append("<value>%s</value>" % escape(value))
     elif isinstance(value, int):
         out.append("<value>%d</value>" % value)
     elif isinstance(value, float):
         out.append("<value><double>%.16g</double></value>" % value)
+    elif isinstance(value, dt.datetime) and value.tzinfo is None:
+        # a date without a zone (date.ml localtime) is written without one: print_tz None = ""
+        out.append("<value><dateTime.iso8601>%s</dateTime.iso8601></value>" % value.strftime("%Y%m%dT%H:%M:%S"))
     elif isinstance(value, dt.datetime):
         stamp = value.astimezone(dt.timezone.utc).strftime("%Y%m%dT%H:%M:%SZ")
         out.append("<value><dateTime.iso8601>%s</dateTime.iso8601></value>" % stamp)

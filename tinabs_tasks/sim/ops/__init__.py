@@ -32,9 +32,14 @@ def op(name: str):
 
 
 def load_all() -> dict[str, callable]:
+    from tinabs_tasks.sim.ops import cbt
     from tinabs_tasks.sim.ops import devices
+    from tinabs_tasks.sim.ops import event
+    from tinabs_tasks.sim.ops import host
     from tinabs_tasks.sim.ops import session
     from tinabs_tasks.sim.ops import storage
     from tinabs_tasks.sim.ops import task
-    from tinabs_tasks.sim.ops import vm# noqa: F401  (registration)
+    from tinabs_tasks.sim.ops import vm  # noqa: F401  (registration)
+    from tinabs_tasks.sim.ops import vm_power  # noqa: F401
+    from tinabs_tasks.sim.ops import vm_snapshot  # noqa: F401
     return OPS
