@@ -18,6 +18,8 @@ from tinabs_tasks.sim.disks import FileContent
 from tinabs_tasks.sim.errors import XapiError
 from tinabs_tasks.sim.ops import Ctx
 from tinabs_tasks.sim.ops import storage
+from tinabs_tasks.sim.ops import vm_lifecycle
+from tinabs_tasks.sim.ops import vm_metrics
 from tinabs_tasks.sim.ops.construct import random_mac
 from tinabs_tasks.sim.xva import TarFormatError, TarReader, verify_checksum
 
@@ -157,6 +159,12 @@ class Import:
             rec = obj["snapshot"]
             if skip_snapshots and _bool(rec.get("is_a_snapshot")):
                 continue
+            if _bool(rec.get("is_a_template")) and rec.get("other_config", {}).get("default_template") == "true":
+                # import.ml VM.precheck (Default_template): a default template is never imported again;
+                # its id stands for this pool's template of that name (or nothing), and no VM is made
+                same = self.pool.store.find("VM", name_label=rec.get("name_label", ""))
+                self.table[obj["id"]] = same[0] if same else NULL_REF
+                continue
             self.table[obj["id"]] = self._new_vm(rec)
         for obj in by_class.get("network", []):
             self.table[obj["id"]] = self._network(obj["snapshot"])
@@ -187,9 +195,9 @@ class Import:
         fields.update(_RESET_ON_IMPORT, power_state="Halted", is_a_snapshot=False, snapshot_of=NULL_REF,
                       resident_on=NULL_REF, domid=-1, is_control_domain=False,
                       is_a_template=_bool(rec.get("is_a_template")))
+        fields["metrics"] = self._track("VM_metrics", vm_metrics.new_metrics(self.pool.store))  # as VM.create
         ref = self._track("VM", self.pool.store.create("VM", fields))
-        from tinabs_tasks.sim.ops.vm import refresh_allowed
-        refresh_allowed(self.ctx, ref)
+        vm_lifecycle.refresh_allowed(self.ctx, ref)
         self._keep_uuid("VM", ref, rec)
         self.vms.append(ref)
         return ref

@@ -1,16 +1,24 @@
-"""VM messages: create, destroy, snapshot, clone, copy, power, HA setters."""
+"""VM messages: create, destroy, snapshot, clone, copy, HA and order setters.
+
+Power operations are in ..vm_power, checkpoint/revert/provision in ..vm_snapshot, the
+rules for which operation may run in ..vm_lifecycle, metrics objects in ..vm_metrics.
+"""
 from __future__ import annotations
 
 import uuid as uuidlib
 
 from tinabs_tasks.sim import wire
 from tinabs_tasks.sim.datamodel import EPOCH, NULL_REF, model
-from tinabs_tasks.sim.errors import XapiError, bad_power_state
+from tinabs_tasks.sim.errors import XapiError
 from tinabs_tasks.sim.tasks import now
 from tinabs_tasks.sim.ops import Ctx, op
 from tinabs_tasks.sim.ops import devices
 from tinabs_tasks.sim.ops import storage
+from tinabs_tasks.sim.ops import vm_metrics
 from tinabs_tasks.sim.ops.construct import ctor_fields, random_mac, require
+from tinabs_tasks.sim.ops.vm_lifecycle import refresh_allowed, vm_operation, vm_record
+from tinabs_tasks.sim.ops.vm_lifecycle import allowed_operations as _allowed_operations
+from tinabs_tasks.sim.ops.vm_power import start
 
 #: Reset on every new VM, snapshot and clone alike (xapi_vm_clone.ml copy_vm_record).
 _RESET_ON_COPY = {
@@ -20,44 +28,12 @@ _RESET_ON_COPY = {
 }
 _RUNTIME = {"power_state": "Halted", "resident_on": NULL_REF, "domid": -1, "current_operations": {},
             "scheduled_to_be_resident_on": NULL_REF}
-_HALTED_OPS = ["start", "clone", "copy", "snapshot", "export", "destroy", "metadata_export", "start_on"]
-_RUNNING_OPS = ["snapshot", "clean_shutdown", "hard_shutdown", "clean_reboot", "hard_reboot", "metadata_export"]
-_SNAPSHOT_OPS = ["revert", "clone", "copy", "export", "destroy", "hard_shutdown", "metadata_export"]
 HA_PRIORITIES = ("restart", "best-effort", "")
 
 
-def vm_record(ctx: Ctx, vm: str) -> dict:
-    return ctx.store.record("VM", require(ctx.store, "VM", vm))
-
-
 def allowed_operations(rec: dict) -> list[str]:
-    if rec["is_a_snapshot"]:
-        return list(_SNAPSHOT_OPS)
-    return list(_HALTED_OPS if rec["power_state"] == "Halted" else _RUNNING_OPS)
-
-
-def refresh_allowed(ctx: Ctx, vm: str) -> None:
-    ctx.store.set("VM", vm, "allowed_operations", allowed_operations(ctx.store.record("VM", vm)))
-
-
-def assert_not_busy(ctx: Ctx, vm: str) -> None:
-    for task, operation in ctx.store.get("VM", vm, "current_operations").items():
-        raise XapiError("OTHER_OPERATION_IN_PROGRESS", "VM", vm, operation, task)
-
-
-def assert_power(ctx: Ctx, vm: str, allowed: list[str]) -> None:
-    state = ctx.store.get("VM", vm, "power_state")
-    if state not in allowed:
-        raise bad_power_state(vm, allowed, state)
-
-
-def _assert_op_allowed(ctx: Ctx, rec: dict, vm: str, operation: str) -> None:
-    if rec["is_a_snapshot"] and operation not in _SNAPSHOT_OPS:
-        raise XapiError("VM_IS_SNAPSHOT", vm, operation)
-    if rec["is_a_template"] and not rec["is_a_snapshot"] and operation in ("snapshot", "start", "export"):
-        raise XapiError("VM_IS_TEMPLATE", vm, operation)
-    if rec["is_control_domain"] and operation in ("snapshot", "clone", "copy", "destroy", "export", "start"):
-        raise XapiError("OPERATION_NOT_ALLOWED", f"Operation {operation} is not allowed on the control domain")
+    """What xapi would list for a record that has no guest metrics yet (the inventory's new VMs)."""
+    return _allowed_operations(rec)
 
 
 @op("VM.create")
@@ -68,8 +44,10 @@ def create(ctx: Ctx, args):
     ctx.pool.slow_op(ctx.task)
     fields.update(_RUNTIME, is_a_snapshot=False, snapshot_of=NULL_REF, is_control_domain=False)
     fields.setdefault("generation_id", "0:0")
-    ref = ctx.store.create("VM", fields)
-    refresh_allowed(ctx, ref)
+    with ctx.store.lock:
+        fields["metrics"] = vm_metrics.new_metrics(ctx.store)
+        ref = ctx.store.create("VM", fields)
+        refresh_allowed(ctx, ref)
     return ref
 
 
@@ -85,23 +63,22 @@ def _check_memory(f: dict) -> None:
 
 @op("VM.destroy")
 def destroy(ctx: Ctx, self):
-    rec = vm_record(ctx, self)
-    _assert_op_allowed(ctx, rec, self, "destroy")
-    assert_power(ctx, self, ["Halted", "Suspended"])
-    assert_not_busy(ctx, self)
-    with ctx.store.lock:
+    with vm_operation(ctx, self, "destroy"), ctx.store.lock:
+        rec = vm_record(ctx, self)
         for vbd in rec["VBDs"]:
             ctx.store.destroy("VBD", vbd)
         for vif in rec["VIFs"]:
             ctx.store.destroy("VIF", vif)
-        # xapi_vm_helpers.ml destroy: the VDIs stay behind.
+        # xapi_vm_helpers.ml destroy: the VDIs stay behind, the metrics objects go.
+        vm_metrics.destroy_metrics(ctx.store, rec)
         ctx.store.destroy("VM", self)
     return ""
 
 
-def _copy_record(rec: dict, name: str, *, regenerate_mac_seed: bool) -> dict:
+def copy_record(ctx: Ctx, rec: dict, name: str, *, regenerate_mac_seed: bool) -> dict:
+    """The fields of a VM copied from ``rec`` (xapi_vm_clone.ml copy_vm_record), metrics copied too."""
     fields = {k: v for k, v in rec.items() if k not in ("uuid", "VBDs", "VIFs", "snapshots", "children",
-                                                          "allowed_operations")}
+                                                          "allowed_operations", "suspend_VDI")}
     fields.update(_RESET_ON_COPY)
     fields.update(_RUNTIME, name_label=name, is_default_template=False, requires_reboot=False,
                   generation_id=f"{uuidlib.uuid4().int % 2**63}:{uuidlib.uuid4().int % 2**63}")
@@ -111,10 +88,11 @@ def _copy_record(rec: dict, name: str, *, regenerate_mac_seed: bool) -> dict:
     if rec["is_a_template"]:  # a copy remembers which template it came from
         other.setdefault("base_template_name", rec["name_label"])
     fields["other_config"] = other
+    fields.update(vm_metrics.copies_for(ctx.store, rec))
     return fields
 
 
-def _copy_devices(ctx: Ctx, src: dict, dst: str, disk_op, *, keep_macs: bool, ignore=()) -> None:
+def copy_devices(ctx: Ctx, src: dict, dst: str, disk_op, *, keep_macs: bool, ignore=()) -> None:
     for vbd in src["VBDs"]:
         v = ctx.store.record("VBD", vbd)
         vdi = v["VDI"]
@@ -129,18 +107,22 @@ def _copy_devices(ctx: Ctx, src: dict, dst: str, disk_op, *, keep_macs: bool, ig
 
 @op("VM.snapshot")
 def snapshot(ctx: Ctx, vm, new_name, ignore_vdis=()):
-    rec = vm_record(ctx, vm)
-    _assert_op_allowed(ctx, rec, vm, "snapshot")
-    assert_not_busy(ctx, vm)
-    ctx.pool.slow_op(ctx.task)
-    fields = _copy_record(rec, str(new_name), regenerate_mac_seed=False)
-    fields.update(is_a_snapshot=True, is_a_template=True, snapshot_of=vm, snapshot_time=now(),
-                  parent=rec["parent"], snapshot_info={"disk-snapshot-type": "crash_consistent",
-                                                       "power-state-at-snapshot": rec["power_state"]})
+    with vm_operation(ctx, vm, "snapshot"):
+        ctx.pool.slow_op(ctx.task)
+        return snapshot_of(ctx, vm, str(new_name), set(ignore_vdis or ()), memory=False)
+
+
+def snapshot_of(ctx: Ctx, vm: str, name: str, ignore: set, *, memory: bool) -> str:
+    """A snapshot record and disk snapshots of ``vm`` (xapi_vm_snapshot.ml snapshot/checkpoint)."""
     with ctx.store.lock:
+        rec = vm_record(ctx, vm)
+        fields = copy_record(ctx, rec, name, regenerate_mac_seed=False)
+        fields.update(is_a_snapshot=True, is_a_template=True, snapshot_of=vm, snapshot_time=now(),
+                      parent=rec["parent"], snapshot_info={
+                          "disk-snapshot-type": "crash_consistent" if not memory else "checkpoint",
+                          "power-state-at-snapshot": rec["power_state"]})
         snap = ctx.store.create("VM", fields)
-        _copy_devices(ctx, rec, snap, lambda vdi: storage.snapshot_vdi(ctx, vdi), keep_macs=True,
-                      ignore=set(ignore_vdis or ()))
+        copy_devices(ctx, rec, snap, lambda vdi: storage.snapshot_vdi(ctx, vdi), keep_macs=True, ignore=ignore)
         ctx.store.set("VM", vm, "parent", snap)
         refresh_allowed(ctx, snap)
     return snap
@@ -163,61 +145,21 @@ def copy(ctx: Ctx, vm, new_name, sr):
 
 
 def _clone_or_copy(ctx: Ctx, vm: str, rec: dict, name: str, operation: str, disk_op) -> str:
-    _assert_op_allowed(ctx, rec, vm, operation)
-    assert_power(ctx, vm, ["Halted", "Suspended"] if rec["is_a_snapshot"] else ["Halted"])
-    assert_not_busy(ctx, vm)
-    ctx.pool.slow_op(ctx.task)
-    fields = _copy_record(rec, name, regenerate_mac_seed=True)
+    with vm_operation(ctx, vm, operation):
+        ctx.pool.slow_op(ctx.task)
+        return _new_top_level(ctx, vm_record(ctx, vm), name, disk_op)
+
+
+def _new_top_level(ctx: Ctx, rec: dict, name: str, disk_op) -> str:
+    fields = copy_record(ctx, rec, name, regenerate_mac_seed=True)
     # A clone of a snapshot is no snapshot: it loses the snapshot's time and info (copy_vm_record).
     fields.update(is_a_snapshot=False, snapshot_of=NULL_REF, parent=NULL_REF, is_control_domain=False,
                   snapshot_time=EPOCH, snapshot_info={})
     with ctx.store.lock:
         new = ctx.store.create("VM", fields)
-        _copy_devices(ctx, rec, new, disk_op, keep_macs=False)
+        copy_devices(ctx, rec, new, disk_op, keep_macs=False)
         refresh_allowed(ctx, new)
     return new
-
-
-@op("VM.start")
-def start(ctx: Ctx, vm, start_paused, force):
-    rec = vm_record(ctx, vm)
-    _assert_op_allowed(ctx, rec, vm, "start")
-    assert_power(ctx, vm, ["Halted"])
-    for vbd in rec["VBDs"]:
-        v = ctx.store.record("VBD", vbd)
-        if v["VDI"] != NULL_REF:
-            storage.assert_attachable(ctx, v["VDI"], v["mode"])
-    host = rec["affinity"] if ctx.store.exists("host", rec["affinity"]) else ctx.pool.master_ref
-    with ctx.store.lock:
-        if rec["ha_restart_priority"] == "restart":  # xapi_vm.ml start: a protected VM is now always-run
-            ctx.store.set("VM", vm, "ha_always_run", True)
-        ctx.store.update("VM", vm, power_state="Paused" if start_paused else "Running", resident_on=host,
-                         domid=max([ctx.store.get("VM", r, "domid") for r in ctx.store.refs("VM")] + [0]) + 1)
-        _set_attached(ctx, rec, True)
-        refresh_allowed(ctx, vm)
-    return ""
-
-
-def _set_attached(ctx: Ctx, rec: dict, attached: bool) -> None:
-    for vbd in rec["VBDs"]:
-        ctx.store.set("VBD", vbd, "currently_attached", attached)
-    for vif in rec["VIFs"]:
-        ctx.store.set("VIF", vif, "currently_attached", attached)
-
-
-def _shutdown(ctx: Ctx, vm) -> str:
-    rec = vm_record(ctx, vm)
-    assert_power(ctx, vm, ["Running", "Paused"])
-    with ctx.store.lock:
-        ctx.store.update("VM", vm, ha_always_run=False, **_RUNTIME)  # a shut-down VM is no longer HA-run
-        _set_attached(ctx, rec, False)
-        refresh_allowed(ctx, vm)
-    return ""
-
-
-op("VM.clean_shutdown")(_shutdown)
-op("VM.hard_shutdown")(_shutdown)
-op("VM.shutdown")(_shutdown)
 
 
 @op("VM.set_ha_restart_priority")
@@ -269,4 +211,4 @@ def get_allowed_vif_devices(ctx: Ctx, vm):
     return [str(n) for n in range(7) if str(n) not in used]
 
 
-__all__ = ["random_mac"]
+__all__ = ["random_mac", "start"]  # inventory.py starts VMs and importer.py refreshes them through here
