@@ -67,7 +67,8 @@ def test_export_answers_http10_stream_with_task_id(sim, x, master, small_vm, aut
     """Given a halted VM and valid credentials (session_id query, session_id cookie or Basic auth)
     When GET /export?ref=|uuid= is read to the end
     Then the reply is HTTP/1.0 200, application/octet-stream, no Content-Length, a task-id header
-    naming a task that ends in success, and the body is the VM's XVA."""
+    naming the handler's own task, which is destroyed by the time the connection closes
+    (xapi_http.ml ``with_context`` -> ``exec_with_new_task``), and the body is the VM's XVA."""
     params = {"ref": small_vm} if by == "ref" else {"uuid": x.VM.get_uuid(small_vm)}
     headers = {}
     if auth == "query":
@@ -80,6 +81,7 @@ def test_export_answers_http10_stream_with_task_id(sim, x, master, small_vm, aut
     resp = H.get(master, "/export", params, headers)
     try:
         xva = read_xva(resp)
+        assert resp.read() == b""   # to the close: the handler is over
     finally:
         resp.close()
         resp.connection_.close()
@@ -91,7 +93,7 @@ def test_export_answers_http10_stream_with_task_id(sim, x, master, small_vm, aut
     assert resp.getheader("Content-Disposition") == 'attachment; filename="export.xva"'
     task = resp.getheader("task-id")
     assert task and task.startswith("OpaqueRef:")
-    assert wait_task(x, task)["status"] == "success"
+    assert H.task_gone(x, task)
     assert [o["snapshot"]["uuid"] for o in xva.objects("VM")] == [x.VM.get_uuid(small_vm)]
     assert len(xva.disks) == 1
 
@@ -242,12 +244,13 @@ def test_export_compression_wraps_the_same_tar(x, master, small_vm, small_xva, v
 
 # -- bandwidth and progress ---------------------------------------------------
 def test_bandwidth_cap_limits_the_export_and_progress_advances(fresh_sim):
-    """Given a simulator whose hosts stream at most 20 MB/s and a VM with ~20 MB of disk data
+    """Given a simulator whose hosts stream at most 8 MB/s and a VM with ~20 MB of disk data
     When its export (with a task_id) is read in small pieces
-    Then the transfer takes at least about bytes / 20 MB/s, and task.get_progress rises through
-    values strictly between 0 and 1 while the bytes flow, ending at 1 with success."""
+    Then the transfer takes at least about bytes / 8 MB/s, and task.get_progress rises through
+    values strictly between 0 and 1 while the bytes flow (the simulator writes a task's progress
+    at most every 0.5 s, sim/tasks.py PROGRESS_EVERY_S), ending at 1 with success."""
     sim = fresh_sim("--pools", "1", "--vms-per-pool", "2", "--hosts-per-pool", "1", "--disk-mib", "80",
-                    "--host-bandwidth-mbps", "20")
+                    "--host-bandwidth-mbps", "8")
     x = H.api(sim.session(0))
     vm = H.own_vm(x, "bandwidth", next(iter(H.user_vms(x))))
     task = x.task.create("slow export", "")
@@ -264,10 +267,10 @@ def test_bandwidth_cap_limits_the_export_and_progress_advances(fresh_sim):
     resp.connection_.close()
 
     assert received > 15_000_000
-    assert elapsed >= 0.8 * received / 20e6, (received, elapsed)
-    assert elapsed < 3 * received / 20e6 + 1
+    assert elapsed >= 0.8 * received / 8e6, (received, elapsed)
+    assert elapsed < 3 * received / 8e6 + 1
     inner = [p for p in samples if 0.0 < p < 1.0]
-    assert len(set(inner)) >= 5, samples
+    assert len(set(inner)) >= 3, samples
     assert samples == sorted(samples)
     rec = wait_task(x, task)
     assert rec["status"] == "success" and rec["progress"] == 1.0

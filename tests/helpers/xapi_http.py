@@ -1,17 +1,21 @@
 """Plain HTTP clients for xapi's /export, /export_metadata, /import and /import_metadata.
 
-Only http.client and raw sockets: the tests see the wire exactly as a backup
-tool would.  ``put`` reads the reply head *before* sending the body, because
-xapi answers an import (200 + task-id, or an error) before it reads a byte of
-the body; a server that waited for the body would make it time out.
+Only http.client, raw sockets and the real curl: the tests see the wire exactly as
+a backup tool or an administrator would.  ``put`` reads the reply head *before*
+sending the body, because xapi answers an import (200 + task-id, or an error)
+before it reads a byte of the body; a server that waited for the body would make
+it time out.
 """
 from __future__ import annotations
 
 import base64
 import http.client
 import socket
+import subprocess
 import urllib.parse
 from dataclasses import dataclass
+
+import XenAPI
 
 NULL = "OpaqueRef:NULL"
 
@@ -47,6 +51,24 @@ def get_all(base_url: str, path: str, params: dict | None = None, headers: dict 
     finally:
         resp.close()
         resp.connection_.close()
+
+
+def get_until_close(base_url: str, path: str, params: dict | None = None,
+                    timeout: float = 60) -> tuple[int, dict[str, str], bytes]:
+    """GET and read until the server closes: (status, lower-case headers, everything after the head).
+
+    A handler's task ends after its last byte is written but before the connection
+    closes, so a test that checks the task reads to the close, not to Content-Length."""
+    sock = socket.create_connection(host_port(base_url), timeout=timeout)
+    try:
+        sock.sendall(f"GET {target(path, params)} HTTP/1.1\r\nHost: {base_url.split('//')[1]}\r\n\r\n".encode())
+        reply, rest = _read_head(sock)
+        chunks = [rest]
+        while piece := sock.recv(65536):
+            chunks.append(piece)
+        return reply.status, reply.headers, b"".join(chunks)
+    finally:
+        sock.close()
 
 
 @dataclass
@@ -196,3 +218,41 @@ def api(session):
 
 def handle(x) -> str:
     return x.__dict__["_test_handle"]
+
+
+# -- curl, the way an administrator would call the handlers -------------------
+CURL = "/usr/bin/curl"
+
+
+@dataclass
+class CurlResult:
+    returncode: int
+    status: int | None            # the last reply's status
+    headers: dict[str, str]       # the last reply's headers, lower-case names
+    trace: str                    # curl -v's stderr: what was sent (">") and received ("<")
+
+
+def curl(*args: str, timeout: float = 120) -> CurlResult:
+    """Run the real curl with ``args`` (plus -sS -v, -D to read the reply head, and the body
+    to /dev/null unless ``args`` give -o)."""
+    sink = [] if "-o" in args else ["-o", "/dev/null"]
+    proc = subprocess.run([CURL, "-sS", "-v", "-D", "/dev/stdout", *sink, *args],
+                          capture_output=True, timeout=timeout)
+    status, headers = None, {}
+    for line in proc.stdout.decode("latin-1").splitlines():
+        if line.startswith("HTTP/"):
+            status, headers = int(line.split()[1]), {}
+        elif ":" in line:
+            key, _, value = line.partition(":")
+            headers[key.strip().lower()] = value.strip()
+    return CurlResult(proc.returncode, status, headers, proc.stderr.decode("latin-1"))
+
+
+def task_gone(x, task: str) -> bool:
+    """True when ``task`` answers HANDLE_INVALID (destroyed), False while it exists."""
+    try:
+        x.task.get_record(task)
+    except XenAPI.Failure as exc:
+        assert exc.details[:2] == ["HANDLE_INVALID", "task"], exc.details
+        return True
+    return False

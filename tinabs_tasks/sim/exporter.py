@@ -44,7 +44,23 @@ def stream_xva(pool, vm: str, write, *, task: str | None) -> int:
     return sent
 
 
-def metadata_tar(pool, vm: str, *, snapshots: bool, excluded: set[str]) -> bytes:
-    found = ovaxml.collect(pool.store, vm, snapshots=snapshots, excluded=excluded, cd_images=True)
-    header, _ = ovaxml.build(pool, found, preserve_power_state=True)
+def metadata_vms(store, *, include_dom0: bool) -> list[str]:
+    """The VMs of ``/export_metadata?all=true`` (export.ml ``metadata_handler``).
+
+    Every VM but the default templates (``is_default_template``, or a template whose
+    other_config says ``default_template=true``); snapshots and custom templates
+    included; the control domains only with ``include_dom0`` (default true).
+    """
+    out = []
+    for ref, rec in store.all_records("VM").items():
+        default_template = rec["is_default_template"] or (
+            rec["is_a_template"] and rec["other_config"].get("default_template") == "true")
+        if not default_template and (include_dom0 or not rec["is_control_domain"]):
+            out.append(ref)
+    return out
+
+
+def metadata_tar(pool, vms: list[str], *, snapshots: bool, excluded: set[str]) -> bytes:
+    found = ovaxml.collect(pool.store, vms, snapshots=snapshots, excluded=excluded, cd_images=True)
+    header, _ = ovaxml.build(pool, found, preserve_power_state=True, snapshot_metadata=snapshots)
     return b"".join(member("ova.xml", header)) + END_OF_ARCHIVE

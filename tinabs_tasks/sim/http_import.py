@@ -22,7 +22,7 @@ class ImportRoutes(HandlerBase):
     # -- /import and /import_metadata -----------------------------------------
     def _import(self, metadata: bool):
         handler = "/import_metadata" if metadata else "/import"
-        begun = self._begin("VM import", handler)
+        begun = self._begin("VM.metadata_import" if metadata else "VM.import", handler)
         if begun is None:
             return
         query, task = begun
@@ -40,13 +40,7 @@ class ImportRoutes(HandlerBase):
             return self._fail(500, task, exc)
         # xapi answers 200 with the task id *before* reading the body; the
         # outcome is on the task.
-        self.close_connection = True
-        self.send_response(200)
-        self.send_header("task-id", task)
-        self.send_header("Content-Length", "0")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.flush()
+        self._early_ok(task)
         self._run_import(query, task, sr, fault, metadata)
 
     def _import_sr(self, query) -> str:

@@ -20,13 +20,23 @@ def _next_id() -> str:
         return f"Ref:{next(_ids)}"
 
 
-def collect(store, vm: str, *, snapshots: bool, excluded: set[str] = frozenset(),
+def collect(store, vms: str | list[str], *, snapshots: bool, excluded: set[str] = frozenset(),
             cd_images: bool = False) -> dict[str, list[str]]:
-    """Refs by class that an export of ``vm`` contains (``cd_images``: metadata only)."""
-    vms = [vm] + (store.get("VM", vm, "snapshots") if snapshots else [])
+    """Refs by class that an export of ``vms`` contains (``cd_images``: metadata only).
+
+    export.ml ``update_table``, per VM: the VM, then (``snapshots``) its snapshots
+    and its parent, each object once however many VMs refer to it.
+    """
     found = {cls: [] for cls in _ORDER}
-    found["VM"] = vms
-    for v in vms:
+    for vm in [vms] if isinstance(vms, str) else vms:
+        _add(found["VM"], vm)
+        if snapshots:
+            for snap in store.get("VM", vm, "snapshots"):
+                _add(found["VM"], snap)
+            parent = store.get("VM", vm, "parent")
+            if store.exists("VM", parent):
+                _add(found["VM"], parent)
+    for v in found["VM"]:
         for vbd in ([] if "vbd" in excluded else store.get("VM", v, "VBDs")):
             found["VBD"].append(vbd)
             vdi = store.get("VBD", vbd, "VDI")
@@ -48,13 +58,22 @@ def _add(items: list, value) -> None:
         items.append(value)
 
 
-def build(pool, found: dict[str, list[str]], *, preserve_power_state: bool) -> tuple[bytes, dict[str, str]]:
-    """(ova.xml bytes, {export id: ref}) for the objects in ``found``."""
+def build(pool, found: dict[str, list[str]], *, preserve_power_state: bool,
+          snapshot_metadata: bool | None = None) -> tuple[bytes, dict[str, str]]:
+    """(ova.xml bytes, {export id: ref}) for the objects in ``found``.
+
+    export.ml ``make_vm``: the power state is kept with ``preserve_power_state``; the
+    snapshot fields (is_a_snapshot, snapshot_of, snapshots, snapshot_time, parent) with
+    ``snapshot_metadata`` (a metadata export's ``export_snapshots``; by default the same
+    as ``preserve_power_state``, as a full export clears both).
+    """
+    if snapshot_metadata is None:
+        snapshot_metadata = preserve_power_state
     table = {ref: _next_id() for cls in _ORDER for ref in found.get(cls, [])}
     objects = []
     for cls in _ORDER:
         for ref in found.get(cls, []):
-            record = _export_record(pool.store, cls, ref, preserve_power_state)
+            record = _export_record(pool.store, cls, ref, preserve_power_state, snapshot_metadata)
             objects.append({"class": cls, "id": table[ref], "snapshot": _rewrite(cls, record, table)})
     header = {"version": _version(pool), "objects": objects}
     return wire.fragment(header).encode("utf-8"), {eid: ref for ref, eid in table.items()}
@@ -69,15 +88,17 @@ def _version(pool) -> dict:
             "export_vsn": 2}
 
 
-def _export_record(store, cls: str, ref: str, preserve_power_state: bool) -> dict:
+def _export_record(store, cls: str, ref: str, preserve_power_state: bool, snapshot_metadata: bool) -> dict:
     rec = store.record(cls, ref)
     for field, empty in (("current_operations", {}), ("allowed_operations", [])):
         if field in rec:
             rec[field] = empty
     if cls == "VM":
         if not preserve_power_state:
-            rec.update(power_state="Halted", is_a_snapshot=False, snapshot_of=NULL_REF, snapshots=[],
-                       snapshot_time=EPOCH, parent=NULL_REF)
+            rec["power_state"] = "Halted"
+        if not snapshot_metadata:
+            rec.update(is_a_snapshot=False, snapshot_of=NULL_REF, snapshots=[], snapshot_time=EPOCH,
+                       parent=NULL_REF, transportable_snapshot_id="")
         # blobs is a (string -> blob ref) map: an empty struct, not an empty array
         rec.update(consoles=[], crash_dumps=[], blobs={}, protection_policy=NULL_REF)
     elif cls in ("VBD", "VIF"):
