@@ -12,9 +12,10 @@ from __future__ import annotations
 from tinabs_tasks.sim import dispatch
 from tinabs_tasks.sim.http_export import ExportRoutes
 from tinabs_tasks.sim.http_import import ImportRoutes
+from tinabs_tasks.sim.http_rawvdi import RawVdiRoutes
 
 
-class HostHandler(ExportRoutes, ImportRoutes):
+class HostHandler(ExportRoutes, ImportRoutes, RawVdiRoutes):
     """One connection to a simulated host: the routes, over ``http_base.HandlerBase``."""
 
     # -- XML-RPC --------------------------------------------------------------
@@ -32,10 +33,16 @@ class HostHandler(ExportRoutes, ImportRoutes):
             return self._export()
         if route == "/export_metadata":
             return self._export_metadata()
+        if route == "/export_raw_vdi":
+            return self._export_raw_vdi()
+        if route == "/pool/xmldbdump":
+            return self._xmldbdump()
         self._reply(404, b"not found\n", close=True)
 
     def do_PUT(self):
         route = self._route()
         if route in ("/import", "/import_metadata"):
             return self._import(metadata=route == "/import_metadata")
+        if route == "/import_raw_vdi":
+            return self._import_raw_vdi()
         self._reply(404, b"not found\n", close=True)

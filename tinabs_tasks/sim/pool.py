@@ -1,6 +1,7 @@
 """One simulated pool: its database, sessions, disks, hosts and knobs."""
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -39,6 +40,10 @@ class SimPool:
         self._session_seen: dict[str, float] = {}
         #: callables (vdi_ref, offset, length) told of every write to a VDI's bytes
         self.write_observers: list = []
+        #: bytes the simulated storage copied (VDI.copy, VM.copy), served by the disk export
+        #: handlers and written by the disk import handlers (``GET /sim/stats``)
+        self.byte_counters = {"copied_bytes": 0, "exported_bytes": 0, "imported_bytes": 0}
+        self._counters_lock = threading.Lock()
 
     # -- topology -------------------------------------------------------------
     def add_host_endpoint(self, ref: str, address: str) -> None:
@@ -127,6 +132,10 @@ class SimPool:
         """Tell the write observers (changed block tracking) that bytes of a VDI changed."""
         for observer in self.write_observers:
             observer(vdi_ref, offset, length)
+
+    def count_bytes(self, counter: str, nbytes: int) -> None:
+        with self._counters_lock:
+            self.byte_counters[counter] += nbytes
 
     def sr_visible_from(self, sr_ref: str, host_ref: str) -> bool:
         return any(self.store.get("PBD", pbd, "host") == host_ref and self.store.get("PBD", pbd, "currently_attached")

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import random
 
+from tinabs_tasks.sim import cbt
+from tinabs_tasks.sim import disk_transfer
 from tinabs_tasks.sim.datamodel import NULL_REF
-from tinabs_tasks.sim.disks import SeededContent
+from tinabs_tasks.sim.disks import CHUNK, SeededContent
 from tinabs_tasks.sim.errors import XapiError
 from tinabs_tasks.sim.tasks import now
 from tinabs_tasks.sim.ops import Ctx, op
@@ -63,37 +65,92 @@ def _source(ctx: Ctx, vdi) -> dict:
 
 def snapshot_vdi(ctx: Ctx, vdi: str) -> str:
     src = _source(ctx, vdi)
+    cbt.assert_has_data(ctx.pool, vdi)
     fields = {k: src[k] for k in _COPIED_FIELDS}
     fields.update(read_only=True, is_a_snapshot=True, snapshot_of=vdi, snapshot_time=now())
-    return new_vdi(ctx, src["SR"], fields, ctx.pool.content(vdi))
+    snap = new_vdi(ctx, src["SR"], fields, ctx.pool.content(vdi))
+    cbt.on_snapshot(ctx.pool, vdi, snap)  # a CBT-enabled VDI's snapshot takes its change log
+    return snap
 
 
 def clone_vdi(ctx: Ctx, vdi: str) -> str:
     src = _source(ctx, vdi)
+    cbt.assert_has_data(ctx.pool, vdi)
     fields = {k: src[k] for k in _COPIED_FIELDS}
     fields.update(read_only=False)
     return new_vdi(ctx, src["SR"], fields, ctx.pool.content(vdi))
 
 
-def copy_vdi(ctx: Ctx, vdi: str, sr: str, into: str | None) -> str:
+def update_usage(ctx: Ctx, vdi: str) -> None:
+    """A VDI's physical_utilisation after its bytes changed (thin SRs count written bytes)."""
+    sr = ctx.store.get("VDI", vdi, "SR")
+    used = ctx.pool.content(vdi).nonzero_bytes() if _thin(ctx, sr) else ctx.store.get("VDI", vdi, "virtual_size")
+    ctx.store.set("VDI", vdi, "physical_utilisation", used)
+    refresh_sr(ctx, sr)
+
+
+def _must_write_zeroes(ctx: Ctx, sr: str, sm_config: dict) -> bool:
+    """sm_fs_ops.ml ``must_write_zeroes_into_new_vdi``: raw LVM volumes are not sparse."""
+    rec = ctx.store.record("SR", sr)
+    lvm = rec["type"].lower() in ("lvm", "lvmoiscsi", "lvmohba")
+    return lvm and (sm_config.get("type") == "raw" or rec["sm_config"].get("use_vhd") != "true")
+
+
+def copy_vdi(ctx: Ctx, vdi: str, sr: str, into: str | None, base: str | None = None) -> str:
+    """xapi_vdi.ml ``copy`` + sm_fs_ops.ml ``copy_vdi`` (a sparse copy): into a new VDI on ``sr``,
+    or into the existing ``into`` (``sr`` unused).  Only the chunks that hold data are copied; with
+    ``base``, only those that differ between ``base`` and ``vdi`` (all either holds when they share
+    no history, as vhd-tool/sparse_dd do).  The copy takes latency_s + bytes / copy_bandwidth."""
     src = _source(ctx, vdi)
+    cbt.assert_has_data(ctx.pool, vdi)
     content = ctx.pool.content(vdi)
-    bandwidth = ctx.pool.settings.copy_bandwidth
-    seconds = ctx.pool.settings.latency_s + (content.nonzero_bytes() / bandwidth if bandwidth else 0)
     if into:
         target = _source(ctx, into)
+        if target["read_only"]:
+            raise XapiError("VDI_READONLY", into)
         if target["virtual_size"] < src["virtual_size"]:
             raise XapiError("VDI_TOO_SMALL", into, src["virtual_size"])
-        ctx.pool.tasks.sleep(ctx.task, seconds)
-        ctx.pool.disks[into] = content
-        return into
-    require(ctx.store, "SR", sr)
-    _assert_disk_sr(ctx, sr)
-    _assert_room(ctx, sr, content.nonzero_bytes() if _thin(ctx, sr) else src["virtual_size"])
-    ctx.pool.tasks.sleep(ctx.task, seconds)
-    fields = {k: src[k] for k in ("name_label", "name_description", "type", "sharable", "virtual_size")}
-    fields.update(read_only=False)
-    return new_vdi(ctx, sr, fields, content)
+        if base and _must_write_zeroes(ctx, target["SR"], target["sm_config"]):
+            raise XapiError("VDI_NOT_SPARSE", into)
+    else:
+        require(ctx.store, "SR", sr)
+        _assert_disk_sr(ctx, sr)
+        _assert_room(ctx, sr, content.nonzero_bytes() if _thin(ctx, sr) else src["virtual_size"])
+    base_content = ctx.pool.content(base) if base else None
+    chunks = disk_transfer.chunks_to_copy(content, base_content)
+    nbytes = sum(content.chunk_length(k) for k in chunks)
+    bandwidth = ctx.pool.settings.copy_bandwidth
+    ctx.pool.tasks.sleep(ctx.task, ctx.pool.settings.latency_s + (nbytes / bandwidth if bandwidth else 0))
+    if into:
+        _write_chunks(ctx, into, content, chunks, base_content)
+    else:
+        fields = {k: src[k] for k in ("name_label", "name_description", "type", "sharable", "virtual_size")}
+        fields.update(read_only=False)
+        if base_content is None:  # every chunk with data: the copy shares the source's bytes
+            into = new_vdi(ctx, sr, fields, content)
+        else:  # a delta into a fresh (zero) VDI: only the differing chunks hold data
+            into = new_vdi(ctx, sr, fields, empty_content(src["virtual_size"]))
+            _write_chunks(ctx, into, content, chunks, None)
+    ctx.pool.count_bytes("copied_bytes", nbytes)
+    update_usage(ctx, into)
+    return into
+
+
+def _write_chunks(ctx: Ctx, dst: str, content, chunks: list[int], base_content) -> None:
+    """``content``'s bytes at ``chunks`` written into ``dst``.  When dst holds exactly what the
+    result would be without them (the base's bytes, or zeros for a full copy) it takes the
+    source's bytes, shared copy-on-write, and the write observers hear of the chunks copied."""
+    pool, current = ctx.pool, ctx.pool.content(dst)
+    as_source = current.size == content.size and (
+        current is base_content if base_content is not None else next(iter(current.data_chunks()), None) is None)
+    if not as_source:
+        for k in chunks:
+            pool.guest_write(dst, k * CHUNK, content.chunk(k))
+        return
+    with ctx.store.lock:
+        pool.disks[dst] = content
+    for k in chunks:
+        pool.notify_written(dst, k * CHUNK, content.chunk_length(k))
 
 
 @op("VDI.snapshot")
@@ -113,11 +170,10 @@ def vdi_clone(ctx: Ctx, vdi, driver_params):
 @op("VDI.copy")
 def vdi_copy(ctx: Ctx, vdi, sr, base_vdi, into_vdi):
     _source(ctx, vdi)
-    if into_vdi != NULL_REF:
-        return copy_vdi(ctx, vdi, sr, require(ctx.store, "VDI", into_vdi))
-    if sr == NULL_REF:
-        raise XapiError("VALUE_NOT_SUPPORTED", "sr", sr, "give a destination SR or into_vdi")
-    return copy_vdi(ctx, vdi, sr, None)
+    # xapi_vdi.ml copy: an into_vdi/base_vdi that is not a valid ref counts as none given
+    into = into_vdi if ctx.store.exists("VDI", into_vdi) else None
+    base = base_vdi if ctx.store.exists("VDI", base_vdi) else None
+    return copy_vdi(ctx, vdi, sr, into, base)
 
 
 @op("VDI.create")
