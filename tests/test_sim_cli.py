@@ -447,3 +447,66 @@ def test_copy_bandwidth_sets_vdi_copy_speed(capped):
     # Then the copy took as long as 5 MB/s allows
     assert nonzero == 4 * MiB
     assert nonzero / 5e6 * 0.9 <= seconds <= nonzero / 5e6 + 1.0, seconds
+
+
+# -- a fleet deployed from one template (--clone-from-template) ---------------------
+def _chunks(sim, uuid: str) -> list[bytes | None]:
+    data = sim.vdi_bytes(uuid)
+    return [None if not data[at: at + MiB].strip(b"\0") else data[at: at + MiB]
+            for at in range(0, len(data), MiB)]
+
+
+def _system_disks(pool: dict) -> dict[str, str]:
+    """VM uuid -> system disk VDI uuid, for every VM with a userdevice 0 disk (templates too)."""
+    out = {}
+    for ref, vm in pool["VM"].items():
+        for vbd in pool["VBD"].values():
+            if vbd["VM"] == ref and vbd["userdevice"] == "0" and vbd["type"] == "Disk":
+                out[vm["uuid"]] = pool["VDI"][vbd["VDI"]]["uuid"]
+    return out
+
+
+def test_clone_from_template_gives_every_vm_the_image_plus_a_few_mib(fresh_sim):
+    """Like VM.clone of a template on an SM that clones (xapi_vdi.ml ``clone`` -> SM VDI.clone): every
+    system disk is the image's bytes (user VMs: not templates, snapshots or control domains, as
+    datamodel_vm.ml's flags tell) plus the VM's own writes."""
+    # Given a pool built with --clone-from-template and 32 MiB system disks
+    sim = fresh_sim("--pools", "1", "--vms-per-pool", "5", "--hosts-per-pool", "1", "--disk-mib", "32",
+                    "--clone-from-template")
+    pool = sim.state()["pools"]["pool-a"]
+    images = [vm for vm in pool["VM"].values() if vm["other_config"].get("tinabs_sim_image") == "true"]
+    # Then the pool has one template VM holding the image, 25-50 % of it written, like an installed OS
+    assert len(images) == 1 and images[0]["is_a_template"] and not images[0]["is_default_template"]
+    disks = _system_disks(pool)
+    image_uuid = disks.pop(images[0]["uuid"])
+    image = _chunks(sim, image_uuid)
+    assert 0.25 * 32 <= sum(c is not None for c in image) <= 0.5 * 32 + 1
+    users = {u: d for u, d in disks.items() if not next(vm for vm in pool["VM"].values()
+                                                      if vm["uuid"] == u)["is_a_snapshot"]}
+    assert len(users) == 5
+    # And every VM's system disk shares the image's chunks but 2-8 MiB of its own
+    own = []
+    for uuid in users.values():
+        chunks = _chunks(sim, uuid)
+        differing = [k for k, (a, b) in enumerate(zip(image, chunks)) if a != b]
+        assert 2 <= len(differing) <= 8, differing
+        assert all(chunks[k] is not None for k in differing)
+        own.append({chunks[k] for k in differing})
+    # And no two VMs wrote the same data
+    assert all(not (a & b) for i, a in enumerate(own) for b in own[i + 1:])
+
+
+def test_default_inventory_has_no_template_image(sim):
+    """Without --clone-from-template the inventory is as before: no image VM, system disks of their own."""
+    pool = sim.state()["pools"]["pool-a"]
+    assert not [vm for vm in pool["VM"].values() if vm["other_config"].get("tinabs_sim_image")]
+    firsts = {sim.vdi_bytes(u)[:MiB] for u in list(_system_disks(pool).values())[:3]}
+    assert len(firsts) == 3
+
+
+def test_help_documents_drift_seeded_writes_and_template_fleets():
+    """No xen-api fact: the simulator's own --help documents its control API and flags."""
+    out = subprocess.run([*TINABS, "sim", "--help"], capture_output=True, text=True, check=True).stdout
+    for words in ("--clone-from-template", "POST /sim/drift", '"fraction": 0.02', '"seed": N',
+                  "POST /sim/vdi/UUID/write", "?sha256=1", "same --seed gives the same inventory"):
+        assert words in out, words

@@ -106,10 +106,21 @@ class SimProc:
     def clear_faults(self) -> None:
         self.control_call("DELETE", "/sim/faults")
 
-    def vdi_info(self, uuid: str) -> dict:
-        status, body = self.control_call("GET", f"/sim/vdi/{uuid}")
+    def vdi_info(self, uuid: str, sha256: bool | None = None) -> dict:
+        """pool, ref, digest, virtual_size, nonzero_bytes; sha256 too for disks up to 4 GiB
+        (the simulator hashes bigger ones only when asked: ``sha256=True``; never: ``False``)."""
+        query = {None: "", True: "?sha256=1", False: "?sha256=0"}[sha256]
+        status, body = self.control_call("GET", f"/sim/vdi/{uuid}{query}")
         assert status == 200, body
         return body
+
+    def rss_bytes(self) -> int:
+        """The simulator process's resident memory (VmRSS of /proc/<pid>/status)."""
+        with open(f"/proc/{self.pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS in /proc/<pid>/status")
 
     def vdi_bytes(self, uuid: str) -> bytes:
         with urllib.request.urlopen(f"{self.control}/sim/vdi/{uuid}/data", timeout=120) as resp:

@@ -4,11 +4,22 @@
 ``GET|POST|DELETE /sim/faults``    list, add (see ..faults), clear faults
 ``POST /sim/pools/<pool>/offline`` {"seconds": N}: the pool refuses connections (and resets
                                    open ones) for N seconds, then serves again as before
-``GET /sim/vdi/<uuid>``            {pool, sha256, virtual_size, nonzero_bytes}
+``GET /sim/vdi/<uuid>``            {pool, ref, digest, virtual_size, nonzero_bytes}, plus sha256
+                                   (of every byte) for disks up to 4 GiB or with ?sha256=1
+                                   (?sha256=0: never);
+                                   digest reads only the data, so it is quick on any disk
 ``GET /sim/vdi/<uuid>/data``       the VDI's raw bytes
-``POST /sim/vdi/<uuid>/write``     a guest write: {"offset": int, "hex": "..."}
-                                   (only this VDI changes; its snapshots keep
-                                   their bytes, as with a real live snapshot)
+``POST /sim/vdi/<uuid>/write``     a guest write: {"offset": int, "hex": "..."} or
+                                   {"offset": int, "length": int, "seed": int} (deterministic
+                                   bytes, disks.seeded_bytes); only this VDI changes, its
+                                   snapshots keep their bytes, as with a real live snapshot
+``POST /sim/drift``                a night of work: {"fraction": F, "seed": N, "pool"?: name}
+                                   rewrites F of every user VM's allocated system-disk chunks
+                                   (see ..drift); answers {vdis: {uuid: {chunks, bytes}}}
+``GET /sim/stats``                 {"pools": {name: {"copied_bytes", "exported_bytes",
+                                   "imported_bytes"}}}: bytes the simulated storage copied
+                                   (VDI.copy, VM.copy), served by /export_raw_vdi and written
+                                   by /import_raw_vdi since the simulator started
 """
 from __future__ import annotations
 
@@ -20,11 +31,15 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler
 
 from tinabs_tasks.sim import datamodel
+from tinabs_tasks.sim import drift
 from tinabs_tasks.sim import wire
 from tinabs_tasks.sim.errors import XapiError
 from tinabs_tasks.sim.faults import FaultSpecError, parse_spec
 
 log = logging.getLogger("tinabs.sim.control")
+
+#: ``GET /sim/vdi/<uuid>`` hashes every byte (sha256) of disks up to this size unless asked
+SHA256_LIMIT = 4 << 30
 
 
 class ControlHandler(BaseHTTPRequestHandler):
@@ -81,6 +96,8 @@ class ControlHandler(BaseHTTPRequestHandler):
             return self._json(200, self.sim.state())
         if parts == ["sim", "faults"]:
             return self._json(200, {"faults": self.sim.faults.active()})
+        if parts == ["sim", "stats"]:
+            return self._json(200, {"pools": {name: dict(p.byte_counters) for name, p in self.sim.pools.items()}})
         if len(parts) in (3, 4) and parts[:2] == ["sim", "vdi"]:
             return self._vdi(parts[2], data=len(parts) == 4 and parts[3] == "data")
         self._json(404, {"error": f"no such control endpoint {self.path}"})
@@ -92,11 +109,13 @@ class ControlHandler(BaseHTTPRequestHandler):
         try:
             if parts == ["sim", "faults"]:
                 return self._add_faults(self._body_json())
+            if parts == ["sim", "drift"]:
+                return self._drift(self._body_json())
             if len(parts) == 4 and parts[:2] == ["sim", "vdi"] and parts[3] == "write":
                 return self._write(parts[2], self._body_json())
             if len(parts) == 4 and parts[:2] == ["sim", "pools"] and parts[3] == "offline":
                 return self._offline(parts[2], self._body_json())
-        except FaultSpecError as exc:
+        except (FaultSpecError, drift.DriftError) as exc:
             return self._json(400, {"error": str(exc)})
         self._json(404, {"error": f"no such control endpoint {self.path}"})
 
@@ -145,8 +164,13 @@ class ControlHandler(BaseHTTPRequestHandler):
             return self._json(404, {"error": f"no VDI with uuid {uuid}"})
         content = pool.content(ref)
         if not data:
-            return self._json(200, {"pool": pool.name, "ref": ref, "sha256": content.sha256(),
-                                    "virtual_size": content.size, "nonzero_bytes": content.nonzero_bytes()})
+            info = {"pool": pool.name, "ref": ref, "digest": content.digest(),
+                    "virtual_size": content.size, "nonzero_bytes": content.nonzero_bytes()}
+            # sha256 reads every byte, zeros included: minutes for a 64 GiB disk
+            asked = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query).get("sha256", [""])[-1]
+            if asked in ("1", "true") or (content.size <= SHA256_LIMIT and asked not in ("0", "false")):
+                info["sha256"] = content.sha256()
+            return self._json(200, info)
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(content.size))
@@ -158,6 +182,8 @@ class ControlHandler(BaseHTTPRequestHandler):
         pool, ref = self._find_vdi(uuid)
         if pool is None:
             return self._json(404, {"error": f"no VDI with uuid {uuid}"})
+        if isinstance(body, dict) and "seed" in body:
+            return self._seeded_write(pool, ref, body)
         # type() rather than isinstance(): JSON true is a Python int too
         if not isinstance(body, dict) or type(body.get("offset")) is not int or not isinstance(body.get("hex"), str):
             raise FaultSpecError('a write is {"offset": int, "hex": "..."}')
@@ -169,6 +195,19 @@ class ControlHandler(BaseHTTPRequestHandler):
             raise FaultSpecError("write outside the disk")
         pool.guest_write(ref, body["offset"], data)
         self._json(200, {"written": len(data)})
+
+    def _seeded_write(self, pool, ref: str, body: dict) -> None:
+        if set(body) != {"offset", "length", "seed"} or any(type(body[k]) is not int for k in body):
+            raise FaultSpecError('a seeded write is {"offset": int, "length": int, "seed": int}')
+        offset, length = body["offset"], body["length"]
+        if offset < 0 or length <= 0 or offset + length > pool.content(ref).size:
+            raise FaultSpecError("write outside the disk (or of no bytes)")
+        pool.seeded_write(ref, offset, length, body["seed"])
+        self._json(200, {"written": length})
+
+    def _drift(self, body) -> None:
+        fraction, seed, names = drift.parse_request(body, self.sim.pools)
+        self._json(200, drift.drift(self.sim.pools, names, fraction, seed))
 
 
 def pool_state(pool) -> dict:

@@ -6,6 +6,11 @@ default templates, and VMs: running and halted, tagged ``Mon``..``Sun`` or
 not, 1-4 disks (system disk at userdevice 0, data disks on other SRs), VIFs
 with MACs/MTUs/QoS, HA settings, some with a CD drive, some with existing
 snapshots, and one duplicate VM name.
+
+With ``clone_from_template`` (``tinabs sim --clone-from-template``) each pool
+also holds a template VM with an OS image disk, and every VM's system disk is
+a clone of that image plus 2-8 MiB written of its own, as a fleet deployed
+from one template is.
 """
 from __future__ import annotations
 
@@ -13,9 +18,11 @@ import random
 import uuid as uuidlib
 
 from tinabs_tasks.sim.datamodel import NULL_REF
+from tinabs_tasks.sim.disks import CHUNK, SeededContent
 from tinabs_tasks.sim.ops import Ctx
 from tinabs_tasks.sim.ops import storage
 from tinabs_tasks.sim.ops import vm as vm_ops
+from tinabs_tasks.sim.ops import vm_metrics
 from tinabs_tasks.sim.ops.construct import random_mac
 from tinabs_tasks.sim.tasks import now
 
@@ -54,6 +61,9 @@ def populate(pool, index: int, hosts: int, vms: int, seed: int, disk_mib: int, a
         _dom0(pool, host, f"xcp-{pool.name}-{h + 1:02d}")
     for name in TEMPLATES:
         _vm(pool, rng, name, template=True)
+    # its own generator: the inventory without templates images stays exactly as it was
+    image_rng = random.Random(f"{seed}:{index}:image")
+    image = _template_image(ctx, image_rng, nfs, disk_mib) if pool.settings.clone_from_template else None
     names = _vm_names(rng, vms)
     tags = _tag_plan(len(names), index)
     for i, name in enumerate(names):
@@ -62,11 +72,53 @@ def populate(pool, index: int, hosts: int, vms: int, seed: int, disk_mib: int, a
         data_srs = [nfs, local[host_i]]
         ref = _vm(pool, rng, name, tags=tags[i], affinity=host_refs[host_i])
         _disks(ctx, rng, ref, name, sys_sr, data_srs, disk_mib, isos if i % 4 == 1 else None)
+        if image is not None:
+            _clone_system_disk(ctx, image_rng, ref, image)
         _vifs(pool, rng, ref, nets)
         if i % 4 == 3:
-            vm_ops.snapshot(ctx, ref, f"{name} before upgrade")
+            snap = vm_ops.snapshot(ctx, ref, f"{name} before upgrade")
+            pool.store.set("VM", snap, "generation_id", _generation_id(pool))
         if i % 10 not in (4, 7):
             vm_ops.start(ctx, ref, False, False)
+
+
+def _generation_id(pool) -> str:
+    """A VM.snapshot's fresh generation id, from the pool's seeded ids while the inventory is built."""
+    return ":".join(str(uuidlib.UUID(pool.store.new_uuid()).int % 2**63) for _ in range(2))
+
+
+def _template_image(ctx, rng: random.Random, sr: str, disk_mib: int) -> str:
+    """A template VM whose one disk looks like an installed OS: 25-50 % of it written."""
+    store = ctx.store
+    fields = _vm_fields(rng, "Debian Bookworm 12 golden image")
+    fields.update(is_a_template=True, other_config={**fields["other_config"], "tinabs_sim_image": "true"})
+    vm = store.create("VM", fields)
+    store.set("VM", vm, "allowed_operations", vm_ops.allowed_operations(store.record("VM", vm)))
+    size = disk_mib * MiB
+    vdi = storage.new_vdi(ctx, sr, {
+        "name_label": "Debian Bookworm 12 golden image system", "name_description": "", "virtual_size": size,
+        "type": "system", "sharable": False, "read_only": False, "other_config": {}, "snapshot_time": now()},
+        SeededContent(rng.getrandbits(48), size, rng.uniform(0.25, 0.5)))
+    store.create("VBD", {"VM": vm, "VDI": vdi, "userdevice": "0", "bootable": True, "mode": "RW", "type": "Disk",
+                         "empty": False, "other_config": {"owner": "true"}, "qos_algorithm_type": "",
+                         "qos_algorithm_params": {}, "unpluggable": False, "device": "xvda"})
+    return vdi
+
+
+def _clone_system_disk(ctx, rng: random.Random, vm: str, image: str) -> None:
+    """The VM's system disk becomes the image's bytes (shared, copy on write, as an SM clone is)
+    plus 2-8 whole MiB chunks written of its own."""
+    store, pool = ctx.store, ctx.pool
+    (vdi,) = [store.get("VBD", v, "VDI") for v in store.get("VM", vm, "VBDs")
+              if store.get("VBD", v, "userdevice") == "0"]
+    content = pool.content(image)
+    pool.disks[vdi] = content
+    own_seed = rng.getrandbits(48)
+    for k in sorted(rng.sample(range(content.chunk_count()), min(content.chunk_count(), rng.randint(2, 8)))):
+        pool.seeded_write(vdi, k * CHUNK, content.chunk_length(k), own_seed)
+    written = pool.content(vdi).nonzero_bytes()
+    store.set("VDI", vdi, "physical_utilisation", written)
+    storage.refresh_sr(ctx, store.get("VDI", vdi, "SR"))
 
 
 def _vm_names(rng: random.Random, count: int) -> list[str]:
@@ -118,11 +170,12 @@ def _sr(pool, name: str, kind: str, hosts: list[str], size: int, shared: bool = 
 
 
 def _dom0(pool, host: str, hostname: str) -> None:
-    pool.store.create("VM", {
+    ref = pool.store.create("VM", {
         **_vm_fields(random.Random(hostname), f"Control domain on host: {hostname}"),
         "is_control_domain": True, "power_state": "Running", "resident_on": host, "domid": 0,
         "allowed_operations": [],
     })
+    vm_metrics.running_metrics(pool.store, ref)  # xenopsd reports dom0 as any running domain
 
 
 def _vm_fields(rng: random.Random, name: str) -> dict:
@@ -161,6 +214,7 @@ def _vm(pool, rng: random.Random, name: str, template: bool = False, tags=(), af
                       ha_always_run=priority == "restart", order=rng.randint(0, 5),
                       start_delay=rng.choice((0, 10, 30, 60)), shutdown_delay=rng.choice((0, 15, 30)))
     ref = pool.store.create("VM", fields)
+    pool.store.set("VM", ref, "metrics", vm_metrics.new_metrics(pool.store))  # as VM.create makes one
     pool.store.set("VM", ref, "allowed_operations", vm_ops.allowed_operations(pool.store.record("VM", ref)))
     return ref
 

@@ -14,7 +14,29 @@ from tinabs_tasks.sim.server import Simulator
 from tinabs_tasks.sim.settings import SimSettings
 
 
+EPILOG = """\
+control API (loopback, plain http; its URL is "control" in the ready line):
+  GET  /sim/state                 every object of every pool
+  GET  /sim/vdi/UUID              {pool, ref, digest, virtual_size, nonzero_bytes}, plus sha256
+                                  of every byte for disks up to 4 GiB, or any disk with ?sha256=1
+                                  (none with ?sha256=0)
+                                  (digest reads only the data: quick even on 64 GiB)
+  GET  /sim/vdi/UUID/data         the disk's raw bytes
+  POST /sim/vdi/UUID/write        {"offset": N, "hex": "..."} or {"offset": N, "length": N,
+                                  "seed": N}: a guest write (snapshots keep their bytes)
+  POST /sim/drift                 {"fraction": 0.02, "seed": N, "pool": NAME (optional)}: a night
+                                  of work; rewrites that fraction of every user VM's allocated
+                                  system-disk chunks in clustered runs, the same for the same
+                                  seed; answers per VDI uuid the chunks and bytes changed
+  GET|POST|DELETE /sim/faults     list, add, clear injected faults
+  POST /sim/pools/NAME/offline    {"seconds": N}: the pool is unreachable for N seconds
+The same --seed gives the same inventory, uuids included.
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--pools", type=_count(1, 250), default=2, help="number of pools (default 2)")
     parser.add_argument("--vms-per-pool", type=_count(0, 10000), default=8, help="VMs per pool (default 8)")
     parser.add_argument("--hosts-per-pool", type=_count(1, 250), default=2, help="hosts per pool (default 2)")
@@ -38,6 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pool masters listen on (and report) this address, one for all pools or one "
                              "per pool, so other network namespaces or containers reach them "
                              "(default 127.0.0.1; needs --hosts-per-pool 1)")
+    parser.add_argument("--clone-from-template", action="store_true",
+                        help="every VM's system disk is a clone of its pool's template image (a template "
+                             "VM with a --disk-mib disk, 25-50%% written) plus 2-8 MiB of its own, as a "
+                             "fleet deployed from one template is")
     parser.add_argument("--write-config", metavar="FILE", help="write a tinabs config for these pools")
     parser.add_argument("--dest", metavar="DIR", help="backup destination written into --write-config")
 
@@ -86,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     settings = SimSettings(latency_s=args.latency, host_bandwidth=args.host_bandwidth_mbps * 1e6,
                            copy_bandwidth=args.copy_bandwidth_mbps * 1e6,
-                           export_keepalive_s=args.export_keepalive, session_ttl_s=args.session_ttl)
+                           export_keepalive_s=args.export_keepalive, session_ttl_s=args.session_ttl,
+                           clone_from_template=args.clone_from_template)
     try:
         sim = Simulator(args.pools, args.vms_per_pool, args.hosts_per_pool, args.seed, args.disk_mib,
                         args.port, settings, tls_cert=args.tls_cert, tls_key=args.tls_key,

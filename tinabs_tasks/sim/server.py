@@ -127,7 +127,8 @@ class Simulator:
             name = f"pool-{chr(ord('a') + k)}" if k < 26 else f"pool-{k + 1}"
             pool = SimPool(name, "root", f"sim-{name}-{seed}", self.settings, self.faults, self.scratch)
             addresses = [masters[k]] + [f"127.0.{k + 1}.{j + 1}" for j in range(1, hosts_per_pool)]
-            populate(pool, k, hosts_per_pool, vms_per_pool, seed, disk_mib, addresses)
+            with pool.store.seeded_ids(f"tinabs-sim {seed}:{k}"):  # one seed, one inventory: uuids too
+                populate(pool, k, hosts_per_pool, vms_per_pool, seed, disk_mib, addresses)
             if self.tls is not None:
                 pool.scheme = "https"
             self.pools[name] = pool

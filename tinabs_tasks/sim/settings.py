@@ -16,3 +16,5 @@ class SimSettings:
     export_keepalive_s: float = 5.0
     #: sessions idle longer than this expire (0: never; xapi's default is 24 h)
     session_ttl_s: float = 0.0
+    #: every VM's system disk is a clone of its pool's template image plus a few MiB of its own
+    clone_from_template: bool = False
