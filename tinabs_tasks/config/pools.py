@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from tinabs_tasks.config.base import Record, Table, flag, http_url, text, validator
+from tinabs_tasks.config.base import Record, Table, flag, http_url, one_of, text, validator
 from tinabs_tasks.config.errors import ConfigError, problem
 from tinabs_tasks.config.secrets import SecretError
 from tinabs_tasks.config.sources import DEFAULT_SECRETS_DIR, SecretRef, check_ref, ref
 
 PASSWORD_SOURCES = ("password_secret", "password_env", "password_file")
+TASK_WAITS = ("events", "poll")
 _ONE_SOURCE = "password_secret, password_env or password_file"
 
 
@@ -39,6 +40,9 @@ class PoolConfig(Record):
     shared_sr: str = ""
     backup_sr: str = ""
     max_concurrent_exports: int = 2
+    #: how a worker waits for its XAPI tasks: "events" (one event.from connection per pool per
+    #: worker process, falling back to polling where the pool has no events) or "poll"
+    task_wait: str = "events"
 
     @property
     def verify_tls(self) -> bool:
@@ -113,6 +117,7 @@ class PoolTable(Table):
     shared_sr: str
     backup_sr: str = ""
     max_concurrent_exports: int = 2
+    task_wait: str = "events"
 
     # checked now: a wrong type would only fail later, in a worker
     _text = validator(text, "username", "shared_sr", "password_env", "password_file", "password", "ca_bundle")
@@ -149,6 +154,8 @@ class PoolTable(Table):
             raise problem("`backup_sr` must be a string")
         return value
 
+    _task_wait = validator(one_of, "task_wait", choices=TASK_WAITS, quote=True)
+
     @field_validator("max_concurrent_exports", mode="before")
     @classmethod
     def _limit(cls, value):
@@ -179,4 +186,4 @@ class PoolTable(Table):
         return PoolConfig(name=name, master=self.master, username=self.username, secret=ref(self, "password", secrets),
                           password=self.password, ca_bundle=self.ca_bundle, tls_fingerprint=self.tls_fingerprint,
                           insecure=insecure, shared_sr=self.shared_sr, backup_sr=self.backup_sr,
-                          max_concurrent_exports=self.max_concurrent_exports)
+                          max_concurrent_exports=self.max_concurrent_exports, task_wait=self.task_wait)

@@ -10,6 +10,10 @@ from tinabs_tasks.sim.datamodel import NULL_REF
 from tinabs_tasks.sim.errors import XapiError
 
 
+#: the least time between two progress writes of one task (see Tasks.progress)
+PROGRESS_EVERY_S = 0.5
+
+
 def now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 
@@ -25,19 +29,33 @@ class Tasks:
     def __init__(self, store, host_ref: str):
         self.store = store
         self.host_ref = host_ref
+        self._progress_at: dict[str, float] = {}  # task -> when its progress was last written
 
     def create(self, label: str, description: str = "", cancellable: bool = True) -> str:
-        return self.store.create("task", {
+        ref = self.store.create("task", {
             "name_label": label, "name_description": description, "status": "pending",
             "progress": 0.0, "created": now(), "finished": wire_epoch(), "resident_on": self.host_ref,
             "allowed_operations": ["cancel"] if cancellable else [], "current_operations": {},
             "result": "", "error_info": [], "other_config": {}, "subtask_of": NULL_REF,
             "type": "<none/>", "backtrace": "()",
         })
+        self._progress_at[ref] = time.monotonic()
+        return ref
 
     def progress(self, ref: str, fraction: float) -> None:
-        if ref and self.store.exists("task", ref):
-            self.store.set("task", ref, "progress", max(0.0, min(1.0, fraction)))
+        """Record a task's progress, at most once per PROGRESS_EVERY_S: xapi writes progress to its
+        database as the operation reports it, in steps (the storage backend's percentages), and
+        every write is an event that wakes each ``event.from`` watching the task; a simulator
+        writing every 50 ms would wake them twenty times a second."""
+        if not ref or not self.store.exists("task", ref):
+            return
+        now_s = time.monotonic()
+        if now_s - self._progress_at.get(ref, 0.0) < PROGRESS_EVERY_S:
+            return
+        self._progress_at[ref] = now_s
+        if len(self._progress_at) > 4096:  # forget tasks long gone
+            self._progress_at = {r: t for r, t in self._progress_at.items() if now_s - t < 60}
+        self.store.set("task", ref, "progress", max(0.0, min(1.0, fraction)))
 
     def check_cancel(self, ref: str | None) -> None:
         if ref and self.store.exists("task", ref) and self.store.get("task", ref, "status") == "cancelling":
