@@ -15,6 +15,7 @@ import time
 _FILE = os.environ.get("TINABS_TIMELINE_FILE")
 _lock = threading.Lock()
 _c = {"redis_rt": 0, "redis_s": 0.0, "xapi_calls": 0, "xapi_s": 0.0, "task_polls": 0, "sleep_s": 0.0}
+_methods: dict = {}  # XAPI calls by method name, for the breakdown a benchmark prints
 
 
 def _add(key, n):
@@ -48,8 +49,11 @@ def _install():
         XenAPI = None
     if XenAPI is not None:
         def polls(args):
-            if len(args) > 1 and str(args[1]).startswith("task.get_"):
+            method = str(args[1]) if len(args) > 1 else "?"
+            if method.startswith("task.get_"):
                 _add("task_polls", 1)
+            with _lock:
+                _methods[method] = _methods.get(method, 0) + 1
         XenAPI.Session.xenapi_request = _timed(XenAPI.Session.xenapi_request, "xapi_calls", "xapi_s", polls)
     real_sleep = time.sleep
 
@@ -66,18 +70,19 @@ def _install():
     @signals.task_prerun.connect(weak=False)
     def _start(task_id=None, task=None, args=None, **_):
         with _lock:
-            state[task_id] = (time.time(), dict(_c))
+            state[task_id] = (time.time(), dict(_c), dict(_methods))
 
     @signals.task_postrun.connect(weak=False)
     def _end(task_id=None, task=None, args=None, state_=None, **kw):
-        began, before = state.pop(task_id, (None, None))
+        began, before, methods_before = state.pop(task_id, (None, None, None))
         if began is None:
             return
         with _lock:
             delta = {k: _c[k] - before[k] for k in _c}
+            methods = {m: n - methods_before.get(m, 0) for m, n in _methods.items() if n != methods_before.get(m, 0)}
         ctx = args[0] if args and isinstance(args[0], dict) else {}
         line = {"task": task.name, "run": ctx.get("run"), "start": began, "end": time.time(),
-                "state": kw.get("state"), **delta}
+                "state": kw.get("state"), "xapi_methods": methods, **delta}
         with open(_FILE, "a") as fh:
             fh.write(json.dumps(line) + "\n")
 

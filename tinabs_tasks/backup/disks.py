@@ -22,12 +22,15 @@ def run(env, ctx: dict) -> dict:
     backup_vm = ctx["refs"]["backup_vm"]
     taken = {x.VBD.get_userdevice(vbd) for vbd in x.VM.get_VBDs(backup_vm)}
     shared_sr = xapi.sr_by_name_or_uuid(xapi.pool.shared_sr)
-    wanted = [x.VBD.get_record(vbd) for vbd in x.VM.get_VBDs(ctx["refs"]["source_vm"])]
-    wanted = [rec for rec in wanted if rec["userdevice"] not in taken and rec["userdevice"] != "0"]
+    source = ctx["refs"]["source_vm"]
+    records = xapi.records_where("VBD", "VM", source, lambda: x.VM.get_VBDs(source))
+    wanted = [rec for rec in records.values() if rec["userdevice"] not in taken and rec["userdevice"] != "0"]
+    wanted.sort(key=lambda rec: rec["userdevice"])
     # Every disk is started before any is waited for: the storage creates them side by side.
     started = []
     if ctx["mode"] == "export" and "0" not in taken:
-        started.append((x.VBD.get_record(ctx["refs"]["system_vbd"]), _start_system_clone(xapi, ctx, env.again)))
+        system = records.get(ctx["refs"]["system_vbd"]) or x.VBD.get_record(ctx["refs"]["system_vbd"])
+        started.append((system, _start_system_clone(xapi, ctx, env.again)))
     for rec in wanted:
         if rec["type"] == "CD":
             started.append((rec, (NULL_REF, None)))

@@ -27,16 +27,17 @@ def create_args(original: dict) -> dict:
     return args
 
 
-def summary(x, rec: dict, vbds: dict | None = None, vdis: dict | None = None) -> dict:
-    """What the manifest records about the skeleton (no secrets, no refs); ``vbds``/``vdis``: the
-    VM's VBD and disk records by ref, when the caller has read them already."""
-    vbds, vdis = vbds or {}, vdis or {}
-    vifs = []
+def summary(x, rec: dict, vbds: dict | None = None, vdis: dict | None = None, vif_records: dict | None = None) -> dict:
+    """What the manifest records about the skeleton (no secrets, no refs); ``vbds``/``vdis``/
+    ``vif_records``: the VM's VBD, disk and VIF records by ref, when the caller has read them."""
+    vbds, vdis, vif_records = vbds or {}, vdis or {}, vif_records or {}
+    vifs, networks = [], {}
     for vif in rec["VIFs"]:
-        v = x.VIF.get_record(vif)
+        v = vif_records.get(vif) or x.VIF.get_record(vif)
+        if v["network"] not in networks:
+            networks[v["network"]] = x.network.get_name_label(v["network"])
         vifs.append({"device": v["device"], "MAC": v["MAC"], "MTU": int(v["MTU"]),
-                     "network": x.network.get_name_label(v["network"]),
-                     "qos_algorithm_type": v["qos_algorithm_type"]})
+                     "network": networks[v["network"]], "qos_algorithm_type": v["qos_algorithm_type"]})
     disks = []
     for vbd in rec["VBDs"]:
         b = vbds.get(vbd) or x.VBD.get_record(vbd)

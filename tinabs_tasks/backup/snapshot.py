@@ -38,7 +38,7 @@ def run(env, ctx: dict) -> dict:
         raise Permanent(f"{ctx['vm']['name']} is a template, snapshot or control domain: not backed up",
                         "VM_IS_TEMPLATE")
     system_vbd = system_vdi = None
-    vbds = {vbd: x.VBD.get_record(vbd) for vbd in rec["VBDs"]}
+    vbds = xapi.records_where("VBD", "VM", vm, lambda: rec["VBDs"])
     for vbd, vbd_rec in vbds.items():
         if vbd_rec["userdevice"] == "0" and vbd_rec["type"] == "Disk" and vbd_rec["VDI"] != NULL_REF:
             system_vbd, system_vdi = vbd, vbd_rec["VDI"]
@@ -52,7 +52,8 @@ def run(env, ctx: dict) -> dict:
         _mark_or_destroy(x, snap, ctx)
     ctx["refs"].update(source_vm=vm, system_vbd=system_vbd, system_vdi=system_vdi, snapshot=snap)
     vdis = {b["VDI"]: x.VDI.get_record(b["VDI"]) for b in vbds.values() if b["VDI"] != NULL_REF and b["type"] == "Disk"}
-    ctx["skeleton"] = summary(x, rec, vbds, vdis)
+    vifs = xapi.records_where("VIF", "VM", vm, lambda: rec["VIFs"])
+    ctx["skeleton"] = summary(x, rec, vbds, vdis, vifs)
     ctx["estimate_disks"] = estimate_disks(vbds, vdis, system_vdi)
     return ctx
 

@@ -12,8 +12,9 @@ def run(env, ctx: dict) -> dict:
     x = xapi.x
     backup_vm = ctx["refs"]["backup_vm"]
     taken = {x.VIF.get_device(vif) for vif in x.VM.get_VIFs(backup_vm)}
-    for vif in x.VM.get_VIFs(ctx["refs"]["source_vm"]):
-        rec = x.VIF.get_record(vif)
+    source = ctx["refs"]["source_vm"]
+    records = xapi.records_where("VIF", "VM", source, lambda: x.VM.get_VIFs(source))
+    for rec in sorted(records.values(), key=lambda r: r["device"]):
         if rec["device"] in taken:
             continue
         x.VIF.create({
