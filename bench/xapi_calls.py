@@ -6,12 +6,14 @@ simulator and the same worker processes' code: first with ``task_wait = "poll"``
 ``task.get_record``, as tinabs did before issue 12), then with ``task_wait = "events"`` (one
 ``event.from`` connection per pool per worker process tells every waiter when its task ends).
 
-Prints ``name: value`` lines: ``xapi_calls_per_chain_poll``, ``xapi_calls_per_chain_events``,
-``xapi_calls_ratio_poll_vs_events`` (target >= 3), the same for task polls, both jobs' wall times,
-and the calls by method in each mode.  Calls are counted by bench/instrument/sitecustomize.py
-inside the workers, over each task while it runs (the event watcher's own long polls included:
-they are counted in whichever task is running when they are sent, and the ones sent while no task
-runs are counted apart, from the simulator's side, as ``event_from_calls``).
+The same again in sr-copy mode, whose VDI.copy of the system disk (100 MB/s) is the one long XAPI
+task of a chain.  Prints ``name: value`` lines: ``xapi_calls_per_chain_poll``,
+``xapi_calls_per_chain_events``, ``xapi_calls_ratio_poll_vs_events`` (the issue's target: >= 3),
+``task_wait_calls_*`` (the calls spent learning that tasks ended: polls, or event.from), both
+jobs' wall times, the same with an ``srcopy_`` prefix, and the calls by method in each run.
+Calls are counted by bench/instrument/sitecustomize.py inside the workers, over each task while it
+runs; the event watcher's long polls are among them (a watcher calls only while a stage of its
+process waits for a task).
 """
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ LATENCY_S = float(os.environ.get("BENCH_LATENCY_S", "0.3"))
 BANDWIDTH_MBPS = float(os.environ.get("BENCH_BANDWIDTH_MBPS", "100"))
 CONCURRENCY = 2
 CHAIN = ("snapshot", "skeleton", "disks", "vifs", "export", "cleanup")
+SRCOPY_CHAIN = ("snapshot", "skeleton", "disks", "vifs", "copy", "metadata", "cleanup")
+COPY_MBPS = float(os.environ.get("BENCH_COPY_MBPS", "100"))
 
 
 def wait_ready(path: str, proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -49,25 +53,25 @@ def wait_ready(path: str, proc: subprocess.Popen, timeout: float = 60) -> None:
     sys.exit("xapi_calls: worker not ready")
 
 
-def one_job(root: str, base_config: str, env: dict, mode: str) -> dict:
+def one_job(root: str, base_config: str, env: dict, mode: str, backup_mode: str = "export") -> dict:
     """Workers configured with ``task_wait = mode``, one `tinabs backup --all --wait`; its figures."""
-    config = os.path.join(root, f"tinabs-{mode}.toml")
+    config = os.path.join(root, f"tinabs-{mode}-{backup_mode}.toml")
     text = open(base_config).read().replace("max_concurrent_exports = 2",
                                             f'max_concurrent_exports = 2\ntask_wait = "{mode}"')
     with open(config, "w") as fh:
         fh.write(text)
-    lines_file = os.path.join(root, f"timeline-{mode}.jsonl")
+    lines_file = os.path.join(root, f"timeline-{mode}-{backup_mode}.jsonl")
     env = {**env, "TINABS_CONFIG": config}
     worker_env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [INSTRUMENT, env.get("PYTHONPATH")])),
                   "TINABS_TIMELINE_FILE": lines_file}
-    log = os.path.join(root, f"worker-{mode}.log")
+    log = os.path.join(root, f"worker-{mode}-{backup_mode}.log")
     worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "tinabs_tasks", "worker", "-l", "info", "-c",
                                str(CONCURRENCY), "-n", f"bench-{mode}@%h", "--without-mingle", "--without-gossip"],
                               env=worker_env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     try:
         wait_ready(log, worker)
         began = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "tinabs_tasks.cli", "backup", "--all", "--mode", "export",
+        done = subprocess.run([sys.executable, "-m", "tinabs_tasks.cli", "backup", "--all", "--mode", backup_mode,
                                "--wait", "--json"], env=env, capture_output=True, text=True)
         wall = time.perf_counter() - began
     finally:
@@ -76,7 +80,8 @@ def one_job(root: str, base_config: str, env: dict, mode: str) -> dict:
     if done.returncode != 0:
         sys.exit(f"xapi_calls: the {mode} job failed:\n{done.stderr}\n{[r.get('error') for r in job.get('runs', [])]}")
     lines = timeline.read(lines_file)
-    chains = {line["run"] for line in lines if line.get("run") and line["task"].split(".", 1)[-1] in CHAIN}
+    chain = CHAIN if backup_mode == "export" else SRCOPY_CHAIN
+    chains = {line["run"] for line in lines if line.get("run") and line["task"].split(".", 1)[-1] in chain}
     methods: Counter = Counter()
     per_chain = defaultdict(int)
     for line in lines:
@@ -84,10 +89,15 @@ def one_job(root: str, base_config: str, env: dict, mode: str) -> dict:
             methods.update(line.get("xapi_methods", {}))
             per_chain[line["run"]] += line["xapi_calls"]
     stages = timeline.per_stage(lines)
-    figures = timeline.chain_figures(stages, CHAIN)
+    figures = timeline.chain_figures(stages, chain)
     return {"wall_s": wall, "chains": len(chains), "figures": figures,
             "methods": {m: n / len(chains) for m, n in methods.most_common()},
             "per_chain": sorted(per_chain.values()), "table": timeline.table(stages)}
+
+
+def wait_calls(result: dict) -> float:
+    """Calls spent learning that XAPI tasks ended: task.get_* polls, or event.from long polls."""
+    return sum(n for m, n in result["methods"].items() if m.startswith("task.get_") or m == "event.from")
 
 
 def main() -> None:
@@ -99,26 +109,33 @@ def main() -> None:
         config = os.path.join(root, "tinabs.toml")
         sim = subprocess.Popen([sys.executable, "-m", "tinabs_tasks.cli", "sim", "--pools", "1", "--vms-per-pool",
                                 str(VMS), "--hosts-per-pool", "1", "--disk-mib", str(DISK_MIB), "--latency",
-                                str(LATENCY_S), "--host-bandwidth-mbps", str(BANDWIDTH_MBPS), "--write-config",
+                                str(LATENCY_S), "--host-bandwidth-mbps", str(BANDWIDTH_MBPS), "--copy-bandwidth-mbps",
+                                str(COPY_MBPS), "--write-config",
                                 config, "--dest", os.path.join(root, "dest")], stdout=subprocess.PIPE, text=True)
         procs.append(sim)
         sim.stdout.readline()
         os.makedirs(os.path.join(root, "dest"), exist_ok=True)
         env = {**os.environ, "TINABS_BROKER_URL": f"redis://127.0.0.1:{port}/0"}
         results = {mode: one_job(root, config, env, mode) for mode in ("poll", "events")}
-        for mode, r in results.items():
-            print(f"chains_{mode}: {r['chains']}")
-            print(f"job_wall_s_{mode}: {r['wall_s']:.1f}")
-            print(f"xapi_calls_per_chain_{mode}: {r['figures']['xapi_calls_per_chain']:.1f}")
-            print(f"task_polls_per_chain_{mode}: {r['figures']['task_polls_per_chain']:.1f}")
-        poll, events = (results[m]["figures"] for m in ("poll", "events"))
-        print(f"xapi_calls_ratio_poll_vs_events: {poll['xapi_calls_per_chain'] / events['xapi_calls_per_chain']:.2f}")
-        for mode, r in results.items():
-            print(f"calls by method per chain ({mode}):")
-            for method, n in r["methods"].items():
-                print(f"  {method}: {n:.1f}")
-            if os.environ.get("BENCH_DIAG"):
-                print(f"timeline ({mode}):\n{r['table']}\nper chain: {r['per_chain']}")
+        copies = {mode: one_job(root, config, env, mode, "sr-copy") for mode in ("poll", "events")}
+        for label, runs in (("", results), ("srcopy_", copies)):
+            for mode, r in runs.items():
+                print(f"{label}chains_{mode}: {r['chains']}")
+                print(f"{label}job_wall_s_{mode}: {r['wall_s']:.1f}")
+                print(f"{label}xapi_calls_per_chain_{mode}: {r['figures']['xapi_calls_per_chain']:.1f}")
+                print(f"{label}task_polls_per_chain_{mode}: {r['figures']['task_polls_per_chain']:.1f}")
+                print(f"{label}task_wait_calls_per_chain_{mode}: {wait_calls(r):.1f}")
+            poll, events = (runs[m] for m in ("poll", "events"))
+            print(f"{label}xapi_calls_ratio_poll_vs_events: "
+                  f"{poll['figures']['xapi_calls_per_chain'] / events['figures']['xapi_calls_per_chain']:.2f}")
+            print(f"{label}task_wait_calls_ratio_poll_vs_events: {wait_calls(poll) / wait_calls(events):.2f}")
+        for label, runs in (("export", results), ("sr-copy", copies)):
+            for mode, r in runs.items():
+                print(f"calls by method per chain ({label}, {mode}):")
+                for method, n in r["methods"].items():
+                    print(f"  {method}: {n:.1f}")
+                if os.environ.get("BENCH_DIAG"):
+                    print(f"timeline ({label}, {mode}):\n{r['table']}\nper chain: {r['per_chain']}")
     finally:
         stop_all(procs)
         shutil.rmtree(root, ignore_errors=True)

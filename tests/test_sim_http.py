@@ -276,6 +276,17 @@ def test_bandwidth_cap_limits_the_export_and_progress_advances(fresh_sim):
     assert rec["status"] == "success" and rec["progress"] == 1.0
 
 
+def test_export_bytes_are_counted_in_sim_stats(sim, x, master, small_vm):
+    """Given the simulator's counters (GET /sim/stats), when a VM's XVA is exported, then the pool's
+    exported_bytes grows by exactly the bytes sent: what incremental-backup benchmarks compare."""
+    name = sim.pool(0)["name"]
+    before = sim.control_call("GET", "/sim/stats")[1]["pools"][name]["exported_bytes"]
+    resp, body = H.get_all(master, "/export", {"session_id": H.handle(x), "ref": small_vm})
+    assert resp.status == 200 and len(body) > 1 << 20
+    after = sim.control_call("GET", "/sim/stats")[1]["pools"][name]["exported_bytes"]
+    assert after - before == len(body)
+
+
 # -- /export_metadata ---------------------------------------------------------
 def test_export_metadata_is_a_small_tar_with_content_length(x, master):
     """Given a (running) VM that has snapshots

@@ -22,7 +22,7 @@ from tinabs_tasks.xapi import run_objects
 def run(env, ctx: dict) -> dict:
     xapi = env.xapi
     x = xapi.x
-    vdis = _named(x, "VDI", ctx, _vdi_labels(ctx), ("snapshot", "system_disk", "system_copy"))
+    vdis = _named(xapi, "VDI", ctx, _vdi_labels(ctx), ("snapshot", "system_disk", "system_copy"))
     copy_label = markers.name(ctx, "system copy")
     records = {}
     for ref, label in vdis.items():
@@ -30,7 +30,7 @@ def run(env, ctx: dict) -> dict:
         if kept and _keep(x, ref) is run_objects.GONE:
             continue
         records[ref] = {"other_config": {markers.KEEP: "true"} if kept else {}}
-    vms = _named(x, "VM", ctx, [markers.name(ctx, "backup")], ("backup_vm",))
+    vms = _named(xapi, "VM", ctx, [markers.name(ctx, "backup")], ("backup_vm",))
     remove_pool_objects(xapi, ctx["run"], vdis=records, vms=list(vms))
     return ctx
 
@@ -52,14 +52,11 @@ def _vdi_labels(ctx: dict) -> list[str]:
                                                   *(f"data {device}" for device in data))]
 
 
-def _named(x, cls: str, ctx: dict, labels: list[str], ref_keys: tuple[str, ...]) -> dict[str, str]:
+def _named(xapi, cls: str, ctx: dict, labels: list[str], ref_keys: tuple[str, ...]) -> dict[str, str]:
     """The run's ``cls`` objects, ref -> the name they carry: found by name (each label ends with the
     run id, so an exact match is this run's), plus the refs the context holds (read only if a
     lookup missed them)."""
-    api, found = getattr(x, cls), {}
-    for label in labels:
-        for ref in api.get_by_name_label(label):
-            found.setdefault(ref, label)
+    api, found = getattr(xapi.x, cls), xapi.refs_named(cls, labels)
     for key in ref_keys:
         ref = ctx.get("refs", {}).get(key)
         if not ref or ref in found:

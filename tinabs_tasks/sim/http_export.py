@@ -180,6 +180,7 @@ class _Output:
             raise ConnectionDropped() from None
         self.sent += len(data)
         self.throttle.consume(len(data))
+        self.handler.pool.count_bytes("exported_bytes", len(data))
 
 
 class _Sink:

@@ -172,6 +172,28 @@ class Xapi:
         api = getattr(self.x, cls)
         return {r: api.get_record(r) for r in refs_of()}
 
+    def refs_named(self, cls: str, labels: list[str]) -> dict[str, str]:
+        """ref -> name for every ``cls`` object named one of ``labels``: one get_all_records_where
+        (``field "name__label"``: the database column, db_filter.ml) where the pool has it, else
+        one get_by_name_label per label.  A label the filter language cannot quote (a double quote
+        or a backslash in a VM's name) is looked up by itself."""
+        api, found = getattr(self.x, cls), {}
+        plain = [label for label in labels if '"' not in label and "\\" not in label]
+        odd = [label for label in labels if label not in plain]
+        if len(plain) > 1 and self.session.url not in _NO_WHERE:
+            expr = " or ".join(f'field "name__label" = "{label}"' for label in plain)
+            try:
+                found.update({ref: rec["name_label"] for ref, rec in api.get_all_records_where(expr).items()})
+                plain = []
+            except XenAPI.Failure as exc:
+                if not exc.details or exc.details[0] not in ("MESSAGE_METHOD_UNKNOWN", "MESSAGE_REMOVED"):
+                    raise
+                _NO_WHERE.add(self.session.url)
+        for label in plain + odd:
+            for ref in api.get_by_name_label(label):
+                found.setdefault(ref, label)
+        return found
+
     def sr_by_name_or_uuid(self, wanted: str) -> str:
         try:
             return self.x.SR.get_by_uuid(wanted)

@@ -21,8 +21,9 @@ Falling back to polling, never to waiting forever:
 
 Progress: a task's ``progress`` field changes often while it works, and each change is an event;
 after a batch that ended none of its tasks the watcher waits before asking again (``SETTLE_S``,
-doubling up to ``SETTLE_MAX_S``), so a long task costs a call per second or so at the most, not
-one per progress step; a batch that ends a task is followed at once by the next call.
+doubling up to ``SETTLE_MAX_S``), so a long task costs about a call per 0.8 s, not
+one per progress step, and learns of its end 0.8 s late at the most; a batch that ends a task
+is followed at once by the next call.
 """
 from __future__ import annotations
 
@@ -41,9 +42,14 @@ LONG_POLL_S = 30.0
 #: the least time between two calls when the last one only brought progress: it starts at
 #: SETTLE_S and doubles up to SETTLE_MAX_S while calls bring nothing but progress
 SETTLE_S = 0.2
-SETTLE_MAX_S = 1.6
+SETTLE_MAX_S = 0.8
+#: a watcher with nothing to wait for this long logs out and ends its thread
+IDLE_S = 60.0
 #: a watcher silent this much longer than its long poll is taken for stuck: waiters poll
 SILENT_GRACE_S = 15.0
+#: a waiter whose task the watcher's call in flight does not cover waits this long for the next
+#: call, then polls (a long poll over other tasks may not return for a while)
+SUBSCRIBE_WAIT_S = 1.0
 #: codes that say the pool has no event.from: poll from then on
 NO_EVENTS = ("MESSAGE_METHOD_UNKNOWN", "MESSAGE_REMOVED")
 ENDED = ("success", "failure", "cancelled")
@@ -65,6 +71,7 @@ class TaskWatcher:
         self._broken_at = 0.0                        # when the last call failed
         self._last_answer = time.monotonic()
         self._thread: threading.Thread | None = None
+        self._subscribed: frozenset[str] = frozenset()  # the tasks the call in flight watches
         self.no_events: str | None = None            # why this pool cannot do events, once known
         self.calls = 0
 
@@ -74,7 +81,8 @@ class TaskWatcher:
         XenAPI.Failure(HANDLE_INVALID) for a task that vanished."""
         if self.no_events:
             raise Unavailable(self.no_events)
-        deadline = time.monotonic() + timeout_s
+        registered = time.monotonic()
+        deadline = registered + timeout_s
         shown = None
         with self._cond:
             self._waiting[task] = self._waiting.get(task, 0) + 1
@@ -91,6 +99,10 @@ class TaskWatcher:
                         shown = rec.get("progress")
                         progress(float(shown))
                     self._assert_usable(started=time.monotonic())
+                    if task not in self._subscribed and time.monotonic() - registered > SUBSCRIBE_WAIT_S:
+                        # the watcher is still in a long poll over other tasks (it cannot be told
+                        # of this one until that call returns): don't wait for it
+                        raise Unavailable("the event connection is busy with other tasks")
                     left = deadline - time.monotonic()
                     if left <= 0:
                         raise TimeoutError(task)
@@ -128,14 +140,26 @@ class TaskWatcher:
         while True:
             with self._cond:
                 while not self._waiting:  # nothing to watch: no calls at all
-                    if not self._cond.wait(60.0) and not self._waiting:
-                        self._thread = None
-                        if session is not None:
-                            session.logout()
-                        return
-                wanted = tuple(sorted(self._waiting))
-            if wanted != subscribed:  # another set of tasks: their current records first (token "")
-                token, subscribed, settle = "", wanted, SETTLE_S
+                    if not self._cond.wait(IDLE_S) and not self._waiting:
+                        self._thread = None  # the next waiter starts another thread
+                        break
+                idle = not self._waiting
+                # tasks already ended are their waiters' to read now: watching them more would only
+                # bring their del event when they are destroyed, one call for nothing
+                wanted = tuple(sorted(t for t in self._waiting if t not in self._gone
+                                      and self._seen.get(t, {}).get("status") not in ENDED))
+                if not wanted and not idle:
+                    self._cond.wait(1.0)  # its waiters are reading their ended tasks: wait for them
+                    continue
+                if wanted != subscribed:
+                    if not set(wanted) <= set(subscribed):  # new tasks: their current records first
+                        token, settle = "", SETTLE_S
+                    subscribed = wanted  # fewer tasks: the token still holds for them
+                    self._subscribed = frozenset(wanted)
+            if idle:  # a minute with nothing to wait for: give the pool its session back
+                if session is not None:
+                    session.logout()
+                return
             fresh = token == ""  # the answer holds the tasks' current records: no wait behind it
             try:
                 if session is None:
@@ -154,7 +178,8 @@ class TaskWatcher:
                 time.sleep(1.0)
                 continue
             token = answer["token"]
-            if self._take(answer["events"]) == 0 and not fresh:
+            relevant, ended = self._take(answer["events"])
+            if relevant and not ended and not fresh:
                 time.sleep(settle)  # only progress: let it gather before asking again
                 settle = min(SETTLE_MAX_S, settle * 2)
             else:
@@ -175,9 +200,9 @@ class TaskWatcher:
             self._cond.notify_all()
             return False
 
-    def _take(self, events: list) -> int:
-        """Apply a batch of events; how many waited-for tasks it ended."""
-        ended = 0
+    def _take(self, events: list) -> tuple[int, int]:
+        """Apply a batch of events; (events of waited-for tasks, how many of those tasks it ended)."""
+        relevant = ended = 0
         with self._cond:
             self.calls += 1
             self._last_answer = time.monotonic()
@@ -185,6 +210,7 @@ class TaskWatcher:
                 ref = event.get("ref")
                 if event.get("class") != "task" or ref not in self._waiting:
                     continue
+                relevant += 1
                 if event.get("operation") == "del":
                     self._gone.add(ref)
                     ended += 1
@@ -193,7 +219,7 @@ class TaskWatcher:
                 self._seen[ref] = snapshot
                 ended += snapshot.get("status") in ENDED
             self._cond.notify_all()
-        return ended
+        return relevant, ended
 
 
 _watchers: dict[str, TaskWatcher] = {}
