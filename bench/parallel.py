@@ -44,6 +44,7 @@ DISK_MIB = int(os.environ.get("BENCH_DISK_MIB", "64"))
 WORKERS = 4
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "4"))  # I/O-bound tasks: more slots than cores
 LIMIT = int(os.environ.get("BENCH_LIMIT", "2"))
+TASK_WAIT = os.environ.get("BENCH_TASK_WAIT", "events")  # or "poll": how workers wait for XAPI tasks
 
 SEQUENTIAL = r"""
 import json, sys, time
@@ -167,7 +168,8 @@ def main() -> None:
                      "--dest", os.path.join(root, "dest")], stdout=subprocess.PIPE, text=True)
         procs.append(sim)
         sim.stdout.readline()
-        text = open(config).read().replace("max_concurrent_exports = 2", f"max_concurrent_exports = {LIMIT}")
+        text = open(config).read().replace("max_concurrent_exports = 2", f"max_concurrent_exports = {LIMIT}\n"
+                                                                            f'task_wait = "{TASK_WAIT}"')
         with open(config, "w") as fh:
             fh.write(text + "\n[limits]\nlease_s = 30\n")
         env = {**os.environ, "TINABS_CONFIG": config, "TINABS_BROKER_URL": f"redis://127.0.0.1:{port}/0"}
