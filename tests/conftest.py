@@ -2,6 +2,7 @@ import pytest
 
 from helpers.redis_proc import RedisNotFound, RedisProc, find_redis_server
 from helpers.deployment import Deployment
+from helpers import xapi_http as H
 from helpers.sim_proc import SimProc
 
 
@@ -37,6 +38,18 @@ def sim():
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="module")
+def x(sim):
+    """The XenAPI proxy of a session on the module simulator's first pool (tests/helpers/xapi_http)."""
+    return H.api(sim.session(0))
+
+
+@pytest.fixture(scope="module")
+def master(sim):
+    """The module simulator's first pool master URL."""
+    return sim.pool(0)["master"]
 
 
 @pytest.fixture

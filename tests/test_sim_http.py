@@ -26,16 +26,6 @@ MiB = 1 << 20
 
 
 @pytest.fixture(scope="module")
-def x(sim):
-    return H.api(sim.session(0))
-
-
-@pytest.fixture(scope="module")
-def master(sim):
-    return sim.pool(0)["master"]
-
-
-@pytest.fixture(scope="module")
 def small_vm(x):
     source = next(ref for ref, rec in H.user_vms(x).items() if rec["power_state"] == "Halted")
     return H.own_vm(x, "http small", source)

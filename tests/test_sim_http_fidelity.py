@@ -24,16 +24,6 @@ HANDLERS = ("/export", "/export_metadata", "/import", "/import_metadata")
 
 
 @pytest.fixture(scope="module")
-def x(sim):
-    return H.api(sim.session(0))
-
-
-@pytest.fixture(scope="module")
-def master(sim):
-    return sim.pool(0)["master"]
-
-
-@pytest.fixture(scope="module")
 def halted_source(x):
     return next(ref for ref, rec in H.user_vms(x).items() if rec["power_state"] == "Halted")
 

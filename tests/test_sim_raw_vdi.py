@@ -27,16 +27,6 @@ BLOCK = 2 * MiB
 
 
 @pytest.fixture(scope="module")
-def x(sim):
-    return H.api(sim.session(0))
-
-
-@pytest.fixture(scope="module")
-def master(sim):
-    return sim.pool(0)["master"]
-
-
-@pytest.fixture(scope="module")
 def nfs(x):
     return H.sr_by_name(x, "nfs-shared")
 

@@ -36,11 +36,6 @@ def sx(slow):
     return H.api(slow.session(0))
 
 
-@pytest.fixture(scope="module")
-def x(sim):
-    return H.api(sim.session(0))
-
-
 def _failure(call, *args) -> list[str]:
     with pytest.raises(XenAPI.Failure) as info:
         call(*args)

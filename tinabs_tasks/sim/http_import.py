@@ -60,7 +60,7 @@ class ImportRoutes(HandlerBase):
     def _run_import(self, query, task, sr, fault, metadata: bool):
         length = self.headers.get("Content-Length")
         total = int(length) if length and length.isdigit() else None
-        body = _Input(self.rfile, total, fault.drop_after_bytes if fault else None, self.connection)
+        body = RequestBody(self.rfile, total, fault.drop_after_bytes if fault else None, self.connection)
         job = Import(self.pool, sr, restore=query.get("restore") == "true", force=query.get("force") == "true",
                      task=task)
         try:
@@ -79,7 +79,7 @@ class ImportRoutes(HandlerBase):
         self.pool.tasks.succeed(task, vms)
 
 
-class _Input:
+class RequestBody:
     """The request body: bounded by Content-Length (if any), with an optional drop fault."""
 
     def __init__(self, rfile, length: int | None, drop_after: int | None, conn):
@@ -116,7 +116,7 @@ class _Peek:
         return self.inner.read(n)
 
 
-def _decompressing(body: _Input):
+def _decompressing(body: RequestBody):
     head = b""
     while len(head) < 4:
         piece = body.read(4 - len(head))

@@ -41,6 +41,7 @@ from tinabs_tasks.sim import disk_transfer as dt
 from tinabs_tasks.sim import vhd
 from tinabs_tasks.sim.errors import XapiError
 from tinabs_tasks.sim.http_base import HandlerBase, abort
+from tinabs_tasks.sim.http_import import RequestBody
 from tinabs_tasks.sim.ops import Ctx
 from tinabs_tasks.sim.ops import storage
 from tinabs_tasks.sim.tasks import TaskCancelled
@@ -245,7 +246,7 @@ class RawVdiRoutes(HandlerBase):
                 storage.update_usage(ctx, vdi)
 
     def _receive(self, fmt: str, chunked: bool, vdi: str, task: str, length: int | None):
-        body = _Body(self.rfile, length)
+        body = RequestBody(self.rfile, length, None, self.connection)
         writer = dt.DiskWriter(self.pool, vdi, lambda: self._received(task, body, length))
         try:
             if chunked:
@@ -259,7 +260,7 @@ class RawVdiRoutes(HandlerBase):
         finally:
             self.pool.count_bytes("imported_bytes", writer.written)
 
-    def _received(self, task: str, body: "_Body", length: int | None) -> None:
+    def _received(self, task: str, body: RequestBody, length: int | None) -> None:
         self.pool.tasks.check_cancel(task)
         if length:
             self.pool.tasks.progress(task, min(0.99, body.received / length))
@@ -276,21 +277,3 @@ def _internal_error_response(exc: XapiError) -> bytes:
             f"<h1> Additional information </h1>{extra}</body></html>").encode()
     return (b"HTTP/1.1 500 Internal Error\r\nConnection: close\r\nCache-Control: no-cache, no-store\r\n"
             b"content-length: %d\r\ncontent-type: text/html\r\n\r\n" % len(body)) + body
-
-
-class _Body:
-    """The request body, bounded by Content-Length when there is one (else read to EOF)."""
-
-    def __init__(self, rfile, length: int | None):
-        self.rfile, self.left, self.received = rfile, length, 0
-
-    def read(self, n: int) -> bytes:
-        if self.left is not None:
-            n = min(n, self.left)
-        if n <= 0:
-            return b""
-        data = self.rfile.read1(n) if hasattr(self.rfile, "read1") else self.rfile.read(n)
-        self.received += len(data)
-        if self.left is not None:
-            self.left -= len(data)
-        return data
