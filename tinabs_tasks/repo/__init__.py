@@ -1,0 +1,1 @@
+"""The deduplicating, compressed, encrypted backup repository (DESIGN.md section 7)."""
