@@ -22,6 +22,8 @@ control API (loopback, plain http; its URL is "control" in the ready line):
                                   (none with ?sha256=0)
                                   (digest reads only the data: quick even on 64 GiB)
   GET  /sim/vdi/UUID/data         the disk's raw bytes
+  GET  /sim/stats                 per pool: bytes copied by VDI.copy/VM.copy, sent by /export and
+                                  /export_raw_vdi, taken by /import_raw_vdi
   POST /sim/vdi/UUID/write        {"offset": N, "hex": "..."} or {"offset": N, "length": N,
                                   "seed": N}: a guest write (snapshots keep their bytes)
   POST /sim/drift                 {"fraction": 0.02, "seed": N, "pool": NAME (optional)}: a night
