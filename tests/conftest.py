@@ -52,6 +52,12 @@ def master(sim):
     return sim.pool(0)["master"]
 
 
+@pytest.fixture(scope="module")
+def nfs(x):
+    """The first pool's shared SR (its default SR)."""
+    return H.sr_by_name(x, "nfs-shared")
+
+
 @pytest.fixture
 def fresh_sim():
     """A simulator process for one test, for tests that change a lot or need knobs: call it."""

@@ -24,26 +24,18 @@ from pathlib import Path
 
 import pytest
 
-from tinabs_tasks.repo import keys
+from helpers.repo_fixtures import key, repo  # noqa: F401  (fixtures)
+
 from tinabs_tasks.repo.atomic import TEMP_PREFIX
 from tinabs_tasks.repo.blocks import CONDEMNED_PREFIX
 from tinabs_tasks.repo.errors import RepoError
 from tinabs_tasks.repo.gc import collect_garbage, condemn
-from tinabs_tasks.repo.layout import init_repository
 
 ROOT = Path(__file__).resolve().parent.parent
 HOURS_AGO = time.time() - 3 * 3600
 GRACE_S = 600
 
 
-@pytest.fixture
-def key() -> bytes:
-    return keys.generate_key()
-
-
-@pytest.fixture
-def repo(tmp_path, key):
-    return init_repository(str(tmp_path / "repo"), key=key)
 
 
 def _old(repo, data: bytes) -> str:

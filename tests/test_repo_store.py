@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers.repo_fixtures import key, repo  # noqa: F401  (fixtures)
+
 from tinabs_tasks.repo import keys
 from tinabs_tasks.repo.atomic import TEMP_PREFIX
 from tinabs_tasks.repo.check import check_blocks
@@ -46,14 +48,6 @@ def _files(path: Path, prefix: str) -> list[Path]:
     return [p for p in path.rglob("*") if p.is_file() and p.name.startswith(prefix)]
 
 
-@pytest.fixture
-def key() -> bytes:
-    return keys.generate_key()
-
-
-@pytest.fixture
-def repo(tmp_path, key):
-    return init_repository(str(tmp_path / "repo"), key=key)
 
 
 @pytest.mark.parametrize("compression,encryption", [("zstd", "aes-256-gcm"), ("none", "aes-256-gcm"),

@@ -35,16 +35,6 @@ BLOCK = 64 * KiB
 SIZE = 8 * MiB  # 128 blocks: a 16-byte bitmap
 
 
-@pytest.fixture(scope="module")
-def x(sim):
-    return H.api(sim.session(0))
-
-
-@pytest.fixture(scope="module")
-def nfs(x):
-    return H.sr_by_name(x, "nfs-shared")
-
-
 def new_vdi(x, sr, size=SIZE, name="cbt test") -> str:
     return x.VDI.create({"name_label": name, "name_description": "", "SR": sr, "virtual_size": str(size),
                          "type": "user", "sharable": False, "read_only": False, "other_config": {}})

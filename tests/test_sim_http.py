@@ -174,16 +174,7 @@ def test_export_and_import_redirect_to_the_host_that_sees_the_local_sr(sim, x, m
     Then the master answers 302 with Location = the member's address, same port, path and query,
     Connection: close, leaves no stray pending task, and following the redirect exports the VM
     (completing the given task).  An /import onto that SR is redirected the same way."""
-    pool_master = x.pool.get_master(x.pool.get_all()[0])
-    member_of = {}
-    for sr in x.SR.get_by_name_label("Local storage"):
-        (pbd,) = x.SR.get_PBDs(sr)
-        member_of[sr] = x.PBD.get_host(pbd)
-    source = next(vm for vm in H.user_vms(x) for b, d in H.vm_disks(x, vm)
-                  if b["userdevice"] == "0" and member_of.get(d["SR"], pool_master) != pool_master)
-    vm = H.own_vm(x, "http redirect", source)
-    (_, vdi), = H.vm_disks(x, vm)
-    member = member_of[vdi["SR"]]
+    vm, vdi, member = H.member_local_vm(x, "http redirect")
     port = urllib.parse.urlsplit(master).port
     pending = _pending_tasks(x)
 

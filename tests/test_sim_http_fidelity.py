@@ -172,20 +172,6 @@ def test_a_task_the_caller_gave_stays_with_the_outcome(sim, x, master, diskless_
     assert H.task_gone(x, task)
 
 
-def _member_local_vm(x, halted_source):
-    """(own VM whose system disk is on a pool member's Local storage, that SR, the member)."""
-    pool_master = x.pool.get_master(x.pool.get_all()[0])
-    member_of = {}
-    for sr in x.SR.get_by_name_label("Local storage"):
-        (pbd,) = x.SR.get_PBDs(sr)
-        member_of[sr] = x.PBD.get_host(pbd)
-    source = next(vm for vm in H.user_vms(x) for b, d in H.vm_disks(x, vm)
-                  if b["userdevice"] == "0" and member_of.get(d["SR"], pool_master) != pool_master)
-    vm = H.own_vm(x, "fidelity redirect", source)
-    (_, vdi), = H.vm_disks(x, vm)
-    return vm, vdi["SR"], member_of[vdi["SR"]]
-
-
 def test_a_redirected_handler_leaves_only_the_callers_task(sim, x, master, halted_source):
     """Given a VM whose disk is on a pool member's local SR
     When /export of it, and an /import onto that SR, are asked of the master without and
@@ -195,7 +181,8 @@ def test_a_redirected_handler_leaves_only_the_callers_task(sim, x, master, halte
     xen-api: export.ml/import.ml ``handler`` check the SRs under ``exec_with_new_task`` (a task
     not in the database) and redirect before ``Xapi_http.with_context``; the member's handler
     then runs ``with_context`` as any other."""
-    vm, sr, member = _member_local_vm(x, halted_source)
+    vm, vdi, member = H.member_local_vm(x, "fidelity redirect")
+    sr = vdi["SR"]
     before = set(x.task.get_all())
     given = x.task.create("redirected", "")
     base = {"session_id": H.handle(x)}

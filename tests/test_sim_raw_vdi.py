@@ -26,11 +26,6 @@ GiB = 1 << 30
 BLOCK = 2 * MiB
 
 
-@pytest.fixture(scope="module")
-def nfs(x):
-    return H.sr_by_name(x, "nfs-shared")
-
-
 def _system_vdi_on(x, sr: str) -> str:
     return next(d["uuid"] for vm in H.user_vms(x) for b, d in H.vm_disks(x, vm)
                 if b["userdevice"] == "0" and d["SR"] == sr)

@@ -18,16 +18,6 @@ MiB = 1 << 20
 NULL = H.NULL
 
 
-@pytest.fixture(scope="module")
-def x(sim):
-    return H.api(sim.session(0))
-
-
-@pytest.fixture(scope="module")
-def nfs(x):
-    return H.sr_by_name(x, "nfs-shared")
-
-
 def _own_disk(x, sr) -> str:
     uuid = next(d["uuid"] for vm in H.user_vms(x) for b, d in H.vm_disks(x, vm)
                 if b["userdevice"] == "0" and d["SR"] == sr)

@@ -256,3 +256,18 @@ def task_gone(x, task: str) -> bool:
         assert exc.details[:2] == ["HANDLE_INVALID", "task"], exc.details
         return True
     return False
+
+
+def member_local_vm(x, name: str):
+    """(own VM whose system disk is on a pool member's Local storage, that disk's record, the member):
+    for the redirects xapi answers when the host asked cannot see the SR."""
+    pool_master = x.pool.get_master(x.pool.get_all()[0])
+    member_of = {}
+    for sr in x.SR.get_by_name_label("Local storage"):
+        (pbd,) = x.SR.get_PBDs(sr)
+        member_of[sr] = x.PBD.get_host(pbd)
+    source = next(vm for vm in user_vms(x) for b, d in vm_disks(x, vm)
+                  if b["userdevice"] == "0" and member_of.get(d["SR"], pool_master) != pool_master)
+    vm = own_vm(x, name, source)
+    (_, vdi), = vm_disks(x, vm)
+    return vm, vdi, member_of[vdi["SR"]]

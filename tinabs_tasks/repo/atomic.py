@@ -11,21 +11,13 @@ import os
 import secrets
 
 from tinabs_tasks.repo.errors import RepoError, RepoFull, is_no_space
+from tinabs_tasks.storage.destination import fsync_dir  # noqa: F401  (index and xva_rebuild use it from here)
 
 TEMP_PREFIX = ".tmp."
 
 
 def temp_name(name: str) -> str:
     return f"{TEMP_PREFIX}{name}.{os.getpid()}.{secrets.token_hex(6)}"
-
-
-def fsync_dir(directory: str) -> None:
-    """Make a rename in ``directory`` durable (the directory entry is data of the directory)."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_atomic(path: str, data: bytes, *, mode: int = 0o644, replace: bool = True) -> None:
