@@ -322,22 +322,31 @@ def test_rebuild_with_a_missing_or_damaged_block_names_it(x, master, vms, plain_
 
 # -- bounded memory -------------------------------------------------------------------------
 _MEASURE = r"""
-import json, os, resource, sys
+import json, os, sys
 sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
+
+
+def peak_kib():
+    # VmHWM is this process's own peak; ru_maxrss would carry the peak of the pytest worker this
+    # process was forked from (Linux keeps it across execve)
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+
+
 from helpers import xapi_http as H
 from tinabs_tasks.repo.layout import init_repository
 from tinabs_tasks.repo.xva_split import XvaSplitter
 from tinabs_tasks.repo.index import save_index
 master, session, vm, repo_path = sys.argv[2:6]
 repo = init_repository(repo_path, key=os.urandom(32))
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = peak_kib()
 resp = H.get(master, "/export", {"session_id": session, "ref": vm})
 splitter = XvaSplitter(repo, "big")
 while piece := resp.read(4 << 20):
     splitter.write(piece)
 index = splitter.finish()
 save_index(repo, index)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+after = peak_kib()
 print(json.dumps({"growth_kib": after - before, "logical_bytes": index.figures["logical_bytes"]}))
 """
 

@@ -366,10 +366,12 @@ def test_verifying_a_512_mib_disk_backup_stays_small(fresh_sim, tmp_path):
                 H.guest_write(sim, vdi["uuid"], mib * MiB + 4096, b"x%d" % mib)
     manifest = make_backup(sim, x, vm, tmp_path / "big", "20250101T000000Z-big")
     size = data_of(manifest).stat().st_size
-    code = ("import json, resource, sys; from tinabs_tasks.storage.verify import verify_backup; "
+    # VmHWM, the process's own peak: ru_maxrss would carry the peak of the pytest worker it was
+    # forked from (Linux keeps it across execve), and that worker may have grown in earlier tests
+    code = ("import json, sys; from tinabs_tasks.storage.verify import verify_backup; "
             "r = verify_backup(sys.argv[1]); "
-            "print(json.dumps({'ok': r.ok, 'problems': r.problems, 'chunks': r.chunks, "
-            "'rss_kb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))")
+            "hwm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')); "
+            "print(json.dumps({'ok': r.ok, 'problems': r.problems, 'chunks': r.chunks, 'rss_kb': hwm}))")
     proc = subprocess.run([sys.executable, "-c", code, str(manifest)], capture_output=True, text=True,
                           timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
