@@ -28,7 +28,7 @@ import uuid as uuidlib
 from tinabs_tasks.sim import vhd
 from tinabs_tasks.sim.disks import CHUNK, ZERO_CHUNK, Content, UnrelatedContent, differing_chunks
 from tinabs_tasks.sim.errors import XapiError
-from tinabs_tasks.sim.xva import END_OF_ARCHIVE, TarFormatError, TarReader, disk_members, verify_checksum
+from tinabs_tasks.sim.xva import END_OF_ARCHIVE, TarFormatError, TarReader, disk_members, read_exact, verify_checksum
 
 CHUNKS_PER_BLOCK = vhd.BLOCK // CHUNK
 TAR_DIR = "vdi"  # Xapi_globs.vdi_tar_export_dir
@@ -209,11 +209,7 @@ def receive_tar(read, writer: DiskWriter) -> None:
 
 
 def _exact(read, n: int) -> bytes:
-    parts, want = [], n
-    while want:
-        piece = read(want)
-        if not piece:
-            raise io_error("End_of_file")
-        parts.append(piece)
-        want -= len(piece)
-    return b"".join(parts)
+    try:
+        return read_exact(read, n)
+    except EOFError:
+        raise io_error("End_of_file") from None

@@ -207,7 +207,7 @@ class HandlerBase(BaseHTTPRequestHandler):
                 return host
         return None
 
-    def _redirect(self, host_ref: str, task: str, query):
+    def _redirect(self, host_ref: str):
         # xapi checks the SRs under a throw-away task (export.ml/import.ml "we don't
         # want to complete the task in the forwarding case"): a task_id given by the
         # client stays pending for the target host; one made here must not linger.

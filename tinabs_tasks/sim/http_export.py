@@ -39,7 +39,7 @@ class ExportRoutes(HandlerBase):
                    if store.get("VBD", b, "VDI") != NULL_REF}
             other = self._redirect_host(srs)
             if other is not None:
-                return self._redirect(other, task, query)
+                return self._redirect(other)
             fault = self._fault("/export", task, vm_names)
         except XapiError as exc:
             return self._fail(500 if exc.code != "HANDLE_INVALID" and exc.code != "UUID_INVALID" else 404, task, exc)

@@ -34,7 +34,7 @@ class ImportRoutes(HandlerBase):
                 return self._fail(400, task, XapiError("SR_OPERATION_NOT_SUPPORTED", sr))
             other = self._redirect_host({sr})
             if other is not None:
-                return self._redirect(other, task, query)
+                return self._redirect(other)
             fault = self._fault(handler, task)
         except XapiError as exc:
             return self._fail(500, task, exc)

@@ -91,7 +91,7 @@ class RawVdiRoutes(HandlerBase):
             return self._escaped(exc)
         other = self._redirect_host({self.pool.store.get("VDI", vdi, "SR")})
         if other is not None:
-            return self._redirect(other, task, query)
+            return self._redirect(other)
         fmt = self._format(query)
         if fmt not in CONTENT_TYPES:
             return self._not_found(task, XapiError("INTERNAL_ERROR", f"Unknown format {fmt}"))
@@ -186,7 +186,7 @@ class RawVdiRoutes(HandlerBase):
         except XapiError as exc:
             return self._fail(400, callers, exc)
         if other is not None:
-            return self._redirect(other, task, query)
+            return self._redirect(other)
         self._import_here(query, task, vdi, sr)
 
     def _sr_of(self, query) -> str | None:

@@ -23,6 +23,8 @@ import struct
 import uuid as uuidlib
 from dataclasses import dataclass
 
+from tinabs_tasks.sim.xva import read_exact
+
 SECTOR = 512
 BLOCK = 2 << 20                      # Header.default_block_size_sectors_shift = 12
 BITMAP = BLOCK // SECTOR // 8        # one bit per sector of a block
@@ -222,15 +224,12 @@ class VhdReader:
         parse_footer(self._exact(SECTOR))
 
     def _exact(self, n: int) -> bytes:
-        parts, want = [], n
-        while want:
-            piece = self._read(min(want, 1 << 20))
-            if not piece:
-                raise VhdFormatError("End_of_file: the VHD stream ended early")
-            parts.append(piece)
-            want -= len(piece)
+        try:
+            data = read_exact(self._read, n)
+        except EOFError:
+            raise VhdFormatError("End_of_file: the VHD stream ended early") from None
         self.position += n
-        return b"".join(parts)
+        return data
 
     def _skip_to(self, offset: int) -> None:
         if offset < self.position:

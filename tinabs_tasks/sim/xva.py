@@ -87,6 +87,19 @@ class TarFormatError(ValueError):
     pass
 
 
+def read_exact(read, n: int) -> bytes:
+    """Exactly ``n`` bytes from a ``read(k)`` stream, asking for 1 MiB at most at a time (a skip
+    over a large gap stays bounded); EOFError when the stream ends first."""
+    parts, want = [], n
+    while want:
+        piece = read(min(want, 1 << 20))
+        if not piece:
+            raise EOFError
+        parts.append(piece)
+        want -= len(piece)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 class TarReader:
     """A sequential tar reader over a ``read(n)`` stream (no seeking, bounded memory)."""
 
@@ -95,15 +108,9 @@ class TarReader:
         self.bytes_read = 0
 
     def _exact(self, n: int) -> bytes:
-        parts, want = [], n
-        while want:
-            piece = self._read(want)
-            if not piece:
-                raise EOFError
-            parts.append(piece)
-            want -= len(piece)
+        data = read_exact(self._read, n)
         self.bytes_read += n
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return data
 
     def next(self) -> tuple[str, int] | None:
         """(name, size) of the next member; None at the end-of-archive blocks."""

@@ -17,6 +17,8 @@ TRANSIENT_CODES = {
     "SR_BACKEND_FAILURE", "EVENTS_LOST", "INTERNAL_ERROR",
     "HOST_IS_SLAVE",  # the master moved (failover): log in again through the new master
 }
+#: a pool that does not know a message (an older xapi, or one that removed it)
+UNKNOWN_MESSAGE_CODES = ("MESSAGE_METHOD_UNKNOWN", "MESSAGE_REMOVED")
 #: the pool refuses connections or does not answer at all: waited for in time, not retries
 UNREACHABLE = "UNREACHABLE"
 #: codes after which the cached session must be dropped and a new login made

@@ -8,6 +8,7 @@ import XenAPI
 
 from tinabs_tasks.xapi import task_events
 from tinabs_tasks.xapi.connect import PoolSession
+from tinabs_tasks.xapi.errors import UNKNOWN_MESSAGE_CODES
 
 NULL_REF = "OpaqueRef:NULL"
 #: on the XAPI tasks tinabs starts: the run they belong to, so the objects a task made after its
@@ -98,7 +99,7 @@ class Xapi:
         ``event.from`` connection per pool in this process), else by polling.  Returns its decoded
         result; raises XenAPI.Failure with its error_info, or TASK_TIMEOUT after cancelling it."""
         deadline = time.monotonic() + timeout_s
-        if getattr(self.pool, "task_wait", "poll") == "events":
+        if self.pool.task_wait == "events":
             watcher = task_events.watcher_for(self.pool.name, lambda: PoolSession(self.pool))
             try:
                 return self._outcome(task, watcher.wait(task, progress, timeout_s))
@@ -107,12 +108,12 @@ class Xapi:
             except TimeoutError:
                 self.x.task.cancel(task)
                 raise XenAPI.Failure(["TASK_TIMEOUT", task]) from None
-        return self.poll_task(task, progress, poll_s, deadline)
+        return self._poll_task(task, progress, poll_s, deadline)
 
-    def poll_task(self, task: str, progress=None, poll_s: float = POLL_MAX_S, deadline: float | None = None):
-        """Poll a task until it ends.  The interval starts at 10 ms and doubles up to ``poll_s``:
-        most tasks end within a few hundred ms, and a fixed 200 ms poll would add ~100 ms to each."""
-        deadline = deadline if deadline is not None else time.monotonic() + 6 * 3600
+    def _poll_task(self, task: str, progress, poll_s: float, deadline: float):
+        """Poll a task until it ends (or ``deadline``).  The interval starts at 10 ms and doubles up
+        to ``poll_s``: most tasks end within a few hundred ms, and a fixed 200 ms poll would add
+        ~100 ms to each."""
         interval = POLL_MIN_S
         while True:
             rec = self.x.task.get_record(task)
@@ -158,41 +159,47 @@ class Xapi:
             pass  # tasks are garbage-collected by xapi eventually; never fail a stage over it
 
     def records_where(self, cls: str, field: str, ref: str, refs_of) -> dict[str, dict]:
-        """Every ``cls`` record whose ``field`` is ``ref``, in one call: ``<class>.get_all_records_where``,
-        which xapi generates for every class (``datamodel_utils.ml``; hidden from the docs, served
-        over XML-RPC), with xapi's filter language (``db_filter.ml``).  A pool without it: the refs
-        ``refs_of()`` names, read one by one (and never asked again in this process)."""
-        if self.session.url not in _NO_WHERE:
-            try:
-                return getattr(self.x, cls).get_all_records_where(f'field "{field}" = "{ref}"')
-            except XenAPI.Failure as exc:
-                if not exc.details or exc.details[0] not in ("MESSAGE_METHOD_UNKNOWN", "MESSAGE_REMOVED"):
-                    raise
-                _NO_WHERE.add(self.session.url)
+        """Every ``cls`` record whose ``field`` is ``ref``, in one call where the pool can
+        (``_where``); else the refs ``refs_of()`` names, read one by one."""
+        found = self._where(cls, f'field "{field}" = "{ref}"')
+        if found is not None:
+            return found
         api = getattr(self.x, cls)
         return {r: api.get_record(r) for r in refs_of()}
 
     def refs_named(self, cls: str, labels: list[str]) -> dict[str, str]:
-        """ref -> name for every ``cls`` object named one of ``labels``: one get_all_records_where
-        (``field "name__label"``: the database column, db_filter.ml) where the pool has it, else
-        one get_by_name_label per label.  A label the filter language cannot quote (a double quote
-        or a backslash in a VM's name) is looked up by itself."""
-        api, found = getattr(self.x, cls), {}
+        """ref -> name for every ``cls`` object named one of ``labels``: one ``_where`` call
+        (``field "name__label"``: the database column, db_filter.ml), else one get_by_name_label
+        per label.  A label the filter language cannot quote (a double quote or a backslash in a
+        VM's name) is looked up by itself."""
+        found = {}
         plain = [label for label in labels if '"' not in label and "\\" not in label]
         odd = [label for label in labels if label not in plain]
-        if len(plain) > 1 and self.session.url not in _NO_WHERE:
-            expr = " or ".join(f'field "name__label" = "{label}"' for label in plain)
-            try:
-                found.update({ref: rec["name_label"] for ref, rec in api.get_all_records_where(expr).items()})
+        if len(plain) > 1:
+            records = self._where(cls, " or ".join(f'field "name__label" = "{label}"' for label in plain))
+            if records is not None:
+                found = {ref: rec["name_label"] for ref, rec in records.items()}
                 plain = []
-            except XenAPI.Failure as exc:
-                if not exc.details or exc.details[0] not in ("MESSAGE_METHOD_UNKNOWN", "MESSAGE_REMOVED"):
-                    raise
-                _NO_WHERE.add(self.session.url)
+        api = getattr(self.x, cls)
         for label in plain + odd:
             for ref in api.get_by_name_label(label):
                 found.setdefault(ref, label)
         return found
+
+    def _where(self, cls: str, expr: str) -> dict[str, dict] | None:
+        """``<class>.get_all_records_where(expr)``, which xapi generates for every class
+        (``datamodel_utils.ml``; hidden from the docs, served over XML-RPC), with xapi's filter
+        language (``db_filter.ml``); None from a pool that does not know it (remembered per master
+        in this process, so it is asked once)."""
+        if self.session.url in _NO_WHERE:
+            return None
+        try:
+            return getattr(self.x, cls).get_all_records_where(expr)
+        except XenAPI.Failure as exc:
+            if not exc.details or exc.details[0] not in UNKNOWN_MESSAGE_CODES:
+                raise
+            _NO_WHERE.add(self.session.url)
+            return None
 
     def sr_by_name_or_uuid(self, wanted: str) -> str:
         try:

@@ -34,6 +34,8 @@ import time
 
 import XenAPI
 
+from tinabs_tasks.xapi.errors import UNKNOWN_MESSAGE_CODES
+
 log = logging.getLogger("tinabs")
 
 #: how long one event.from call may wait on the pool for a change (xapi caps nothing; 30 s is
@@ -50,8 +52,6 @@ SILENT_GRACE_S = 15.0
 #: a waiter whose task the watcher's call in flight does not cover waits this long for the next
 #: call, then polls (a long poll over other tasks may not return for a while)
 SUBSCRIBE_WAIT_S = 1.0
-#: codes that say the pool has no event.from: poll from then on
-NO_EVENTS = ("MESSAGE_METHOD_UNKNOWN", "MESSAGE_REMOVED")
 ENDED = ("success", "failure", "cancelled")
 
 
@@ -73,7 +73,6 @@ class TaskWatcher:
         self._thread: threading.Thread | None = None
         self._subscribed: frozenset[str] = frozenset()  # the tasks the call in flight watches
         self.no_events: str | None = None            # why this pool cannot do events, once known
-        self.calls = 0
 
     # -- the waiter's side -----------------------------------------------------
     def wait(self, task: str, progress=None, timeout_s: float = 6 * 3600) -> dict:
@@ -188,8 +187,7 @@ class TaskWatcher:
     def _failed(self, code: str, exc: BaseException) -> bool:
         """Record a failed call; True when the pool has no events at all (the loop ends)."""
         with self._cond:
-            self.calls += 1
-            if code in NO_EVENTS:
+            if code in UNKNOWN_MESSAGE_CODES:  # the pool has no event.from: poll from then on
                 self.no_events = f"the pool has no event.from ({code}): polling tasks"
                 log.info("%s", self.no_events)
                 self._thread = None
@@ -204,7 +202,6 @@ class TaskWatcher:
         """Apply a batch of events; (events of waited-for tasks, how many of those tasks it ended)."""
         relevant = ended = 0
         with self._cond:
-            self.calls += 1
             self._last_answer = time.monotonic()
             for event in events:
                 ref = event.get("ref")

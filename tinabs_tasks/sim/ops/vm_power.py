@@ -26,9 +26,7 @@ _NOT_RESIDENT = {"resident_on": NULL_REF, "scheduled_to_be_resident_on": NULL_RE
 @op("VM.start")
 def start(ctx: Ctx, vm, start_paused, force):
     with vm_operation(ctx, vm, "start"):
-        rec = vm_record(ctx, vm)
-        host = rec["affinity"] if ctx.store.exists("host", rec["affinity"]) else ctx.pool.master_ref
-        _boot(ctx, vm, host, start_paused)
+        _boot(ctx, vm, _home_host(ctx, vm), start_paused)
     return ""
 
 
@@ -38,6 +36,12 @@ def start_on(ctx: Ctx, vm, host, start_paused, force):
         _assert_can_boot_here(ctx, vm, host)
         _boot(ctx, vm, host, start_paused)
     return ""
+
+
+def _home_host(ctx: Ctx, vm: str) -> str:
+    """Where start and resume put a VM: its affinity host when that exists, else the master."""
+    affinity = vm_record(ctx, vm)["affinity"]
+    return affinity if ctx.store.exists("host", affinity) else ctx.pool.master_ref
 
 
 def _assert_can_boot_here(ctx: Ctx, vm: str, host) -> None:
@@ -179,9 +183,7 @@ def suspend(ctx: Ctx, vm):
 @op("VM.resume")
 def resume(ctx: Ctx, vm, start_paused, force):
     with vm_operation(ctx, vm, "resume"):
-        rec = vm_record(ctx, vm)
-        host = rec["affinity"] if ctx.store.exists("host", rec["affinity"]) else ctx.pool.master_ref
-        _wake(ctx, vm, host, start_paused)
+        _wake(ctx, vm, _home_host(ctx, vm), start_paused)
     return ""
 
 
