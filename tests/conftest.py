@@ -78,11 +78,13 @@ def deployment(redis_server, tmp_path_factory, request):
     """Simulator (2 pools x 6 VMs) + the module's private Redis (DB 0) + 2 real worker processes,
     for one test module.
 
-    A module may set ``DEPLOYMENT_SIM_ARGS`` / ``DEPLOYMENT_WORKERS`` to change the shape.
+    A module may set ``DEPLOYMENT_SIM_ARGS`` / ``DEPLOYMENT_WORKERS`` to change the shape, and
+    ``DEPLOYMENT_REPOSITORY = True`` for an encrypted repository in the config (repo mode).
     """
     sim_args = getattr(request.module, "DEPLOYMENT_SIM_ARGS",
                        ("--pools", "2", "--vms-per-pool", "6", "--disk-mib", "8"))
-    dep = Deployment(tmp_path_factory.mktemp("deploy"), redis_server, sim_args)
+    dep = Deployment(tmp_path_factory.mktemp("deploy"), redis_server, sim_args,
+                     repository=getattr(request.module, "DEPLOYMENT_REPOSITORY", False))
     try:
         for i in range(getattr(request.module, "DEPLOYMENT_WORKERS", 2)):
             dep.start_worker(f"w{i + 1}")

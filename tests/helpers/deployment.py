@@ -11,6 +11,9 @@ from pathlib import Path
 
 import redis
 
+from tinabs_tasks.repo import keys
+from tinabs_tasks.repo.layout import init_repository, open_repository
+
 from .sim_proc import SimProc
 from .workers import WorkerProc
 
@@ -44,7 +47,8 @@ visibility_timeout_s = {VISIBILITY_S}
 class Deployment:
     """Runs against ``redis_server``'s DB 0 (a test module's own server) unless ``db`` says otherwise."""
 
-    def __init__(self, root: Path, redis_server, sim_args: tuple[str, ...], db: int = 0, tuning: str = TEST_TUNING):
+    def __init__(self, root: Path, redis_server, sim_args: tuple[str, ...], db: int = 0, tuning: str = TEST_TUNING,
+                 repository: bool = False):
         self.root = Path(root)
         self.dest = self.root / "dest"
         self.dest.mkdir(parents=True, exist_ok=True)
@@ -54,8 +58,24 @@ class Deployment:
         self.sim = SimProc(*sim_args, "--write-config", str(self.config), "--dest", str(self.dest)).start()
         with open(self.config, "a") as fh:
             fh.write(tuning)
+        self.repo_path = self.root / "repo"
+        self.repo_key_file = self.root / "repo.key"
+        if repository:
+            self.add_repository()
         self.env = {**os.environ, "TINABS_CONFIG": str(self.config), "TINABS_BROKER_URL": self.redis_url}
         self.workers: list[WorkerProc] = []
+
+    def add_repository(self) -> None:
+        """An encrypted repository at ``repo_path`` (its key in ``repo_key_file``), in the config."""
+        key = keys.generate_key_file(str(self.repo_key_file))
+        init_repository(str(self.repo_path), key=key)
+        with open(self.config, "a") as fh:
+            fh.write(f'\n[repository]\npath = "{self.repo_path}"\nkey_file = "{self.repo_key_file}"\n'
+                     "store_threads = 2\n")
+
+    def open_repo(self):
+        """The deployment's repository, opened with its key (for checks)."""
+        return open_repository(str(self.repo_path), keys.read_key_file(str(self.repo_key_file)))
 
     @property
     def redis(self) -> redis.Redis:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import os
 
+from tinabs_tasks.repo import index as repo_index
 from tinabs_tasks.storage import destination
 from tinabs_tasks.xapi import markers
 from tinabs_tasks.xapi import run_objects
@@ -79,11 +80,17 @@ def remove_pool_objects(xapi, run: str, keep_kept: bool = True, vdis: dict | Non
     return run_objects.remove_run(xapi.x, run, vms=vms, vdis=vdis, keep=keep)
 
 
-def remove_files(ctx: dict, dest: str) -> list[str]:
-    """Every file of the run: partial, complete and manifest (manifest first: it makes a backup)."""
+def remove_files(ctx: dict, dest: str, repository: str | None = None) -> list[str]:
+    """Every file of the run: partial, complete and manifest (manifest first: it makes a backup);
+    in repo mode its index in the ``repository`` (a path) too, after the manifest (blocks stay
+    for GC: other backups may share them)."""
     paths = destination.backup_paths(ctx, dest)
     base = paths["manifest"][: -len(".json")]
-    found = [p for p in (paths["manifest"], paths["data"]) if os.path.exists(p)]
+    found = [p for p in (paths["manifest"], paths["data"]) if p and os.path.exists(p)]
     found += glob.glob(glob.escape(base) + "*.partial")
     destination.remove_quietly(*found)
+    if ctx["mode"] == "repo" and repository:
+        bid = os.path.basename(base)
+        if repo_index.remove_index_file(repository, bid):
+            found.append(f"{repository} index {bid}")
     return found

@@ -11,14 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from tinabs_tasks.backup import cleanup, copy, disks, export, metadata, skeleton, snapshot, vifs
+from tinabs_tasks.backup import cleanup, copy, disks, export, metadata, skeleton, snapshot, store, vifs
 from tinabs_tasks.backup.modes import MODES  # noqa: F401 (the stages of each mode, in order)
 
 
 @dataclass(frozen=True)
 class StageEnv:
-    """What a stage works with: the pool, its progress reporter, the pool's transfer slots and
-    the destination (with the free space it must keep)."""
+    """What a stage works with: the pool, its progress reporter, the pool's transfer slots, the
+    destination (with the free space it must keep) and the repository."""
     xapi: object
     report: object
     slots: object = None
@@ -26,6 +26,8 @@ class StageEnv:
     reserve_free_bytes: int = 0
     #: an earlier delivery of this stage started it (and may have died): look for what it left
     again: bool = False
+    #: [repository] (a RepositoryConfig; None without one): where repo mode stores
+    repository: object = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ STAGES = {s.name: s for s in (
     Stage("vifs", vifs.run, priority=4),
     Stage("copy", copy.run, long=True, priority=3),
     Stage("export", export.run, long=True, priority=2),
+    Stage("store", store.run, long=True, priority=2),
     Stage("metadata", metadata.run, long=True, priority=2),
     Stage("cleanup", cleanup.run, priority=1, obeys_abort=False, ends_run=True),
 )}

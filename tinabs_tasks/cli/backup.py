@@ -13,11 +13,11 @@ import time
 import redis
 
 from tinabs_tasks.config.model import MODES
-from tinabs_tasks.runs.jobstart import check_pools, start_job
+from tinabs_tasks.runs.jobstart import check_pools, describe_modes, job_modes, start_job
 from tinabs_tasks.reports.summary import stored as stored_report
 from tinabs_tasks.backup.selection import describe
 from tinabs_tasks.runs.vm_lock import SKIPPED
-from tinabs_tasks.cli.common import UserError, job_store, load_config
+from tinabs_tasks.cli.common import UserError, check_repository, job_store, load_config
 from tinabs_tasks.cli.status import render
 
 NO_WORKER_HINT_S = 30
@@ -31,7 +31,8 @@ def add_arguments(parser) -> None:
     which.add_argument("--vm", help="back up the VM with this name or uuid")
     which.add_argument("--all", action="store_true", help="back up every VM")
     parser.add_argument("--pool", action="append", help="only this pool (repeatable; default: all)")
-    parser.add_argument("--mode", choices=MODES, help="export (.xva) or sr-copy (default: the config's)")
+    parser.add_argument("--mode", choices=MODES, help="export (.xva), sr-copy or repo (the repository) "
+                        "(default: each pool's mode, else default_mode)")
     parser.add_argument("--wait", action="store_true", help="follow progress until every VM is done")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--timeout", type=float, default=0, help="with --wait: give up after this many seconds")
@@ -41,9 +42,12 @@ def run(args) -> int:
     selector = _selector(args)
     cfg = load_config(args)
     pools = check_pools(cfg, args.pool)  # an unknown pool: one line, exit 2
-    mode = args.mode or cfg.default_mode
+    modes = job_modes(cfg, args.mode, pools)
+    if "repo" in modes.values():
+        check_repository(cfg)  # a wrong or missing key, or no repository: said now, before any work
     store = job_store(cfg)
-    job_id = start_job(cfg, store, selector, mode, pools)
+    job_id = start_job(cfg, store, selector, args.mode, pools)
+    mode = describe_modes(modes)
     if not args.wait:
         print(json.dumps({"job": job_id}) if args.json else f"job {job_id} queued; `tinabs status {job_id}`")
         return 0

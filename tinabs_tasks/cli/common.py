@@ -68,3 +68,14 @@ def printable(text) -> str:
 def fail(message: str) -> int:
     print(f"tinabs: {message}", file=sys.stderr)
     return 2
+
+
+def check_repository(cfg: config_mod.Config):
+    """The configured repository, opened (its key checked): a command that will write to it or
+    read from it says what is wrong before it starts anything."""
+    from tinabs_tasks.repo.configured import open_configured
+    from tinabs_tasks.repo.errors import RepoError
+    try:
+        return open_configured(cfg.repository)
+    except RepoError as exc:
+        raise UserError(f"repository: {exc}") from None

@@ -16,7 +16,7 @@ from pydantic_core import PydanticCustomError
 
 from tinabs_tasks.config.errors import merged, problem, unknown_keys
 
-MODES = ("export", "sr-copy")
+MODES = ("export", "sr-copy", "repo")
 
 
 class Record(BaseModel):

@@ -20,6 +20,7 @@ from tinabs_tasks.config.base import MODES, Record, Table, one_of, text, validat
 from tinabs_tasks.config.errors import ConfigError, problem, problems_of
 from tinabs_tasks.config.pools import PASSWORD_SOURCES, PoolConfig, PoolTable
 from tinabs_tasks.config.reports import ReportsTable
+from tinabs_tasks.config.repository import RepositoryConfig, RepositoryTable
 from tinabs_tasks.config.reports_records import ReportsConfig
 from tinabs_tasks.config.schedule import ScheduleTable
 from tinabs_tasks.config.schedule_entries import ScheduleConfig
@@ -48,6 +49,12 @@ class Config(Record):
     path: str = ""
     #: [schedule] (schedule.py); None when the file has none: nothing is scheduled
     schedule: ScheduleConfig | None = None
+    #: [repository] (repository.py); None when the file has none: no repo mode
+    repository: RepositoryConfig | None = None
+
+    def mode_of(self, pool: str) -> str:
+        """The mode of ``pool``'s backups when a job names none: the pool's own, else default_mode."""
+        return self.pool(pool).mode or self.default_mode
 
     def pool(self, name: str) -> PoolConfig:
         try:
@@ -73,6 +80,7 @@ class ConfigFile(Table):
     reports: ReportsTable | None = None
     web: WebTable | None = None
     schedule: ScheduleTable | None = None
+    repository: RepositoryTable | None = None
 
     _text = validator(text, "broker_url", "result_backend")
     _mode = validator(one_of, "default_mode", choices=MODES)
@@ -95,8 +103,14 @@ class ConfigFile(Table):
     def cross(cls, data: dict, context: dict) -> list[tuple[tuple, str]]:
         pools = data.get("pools")
         names = pools if isinstance(pools, dict) else {}
-        return [(("pools", name), "pool names use letters, digits, '-' and '_' only") for name in names
-                if not name.replace("-", "").replace("_", "").isalnum()]
+        found = [(("pools", name), "pool names use letters, digits, '-' and '_' only") for name in names
+                 if not name.replace("-", "").replace("_", "").isalnum()]
+        if "repository" not in data:
+            for where, mode in _modes_named(data):
+                if mode == "repo":
+                    found.append((where, 'mode "repo" needs a [repository] table (path, encryption, key_file); '
+                                         "see the README's Repository section"))
+        return found
 
     def build(self, path: str, secrets: tuple[str, str]) -> Config:
         return Config(broker_url=self.broker_url, result_backend=self.result_backend or self.broker_url,
@@ -105,7 +119,22 @@ class ConfigFile(Table):
                       retry=self.retry, limits=self.limits, retention=self.retention, janitor=self.janitor,
                       reports=self.reports.build(secrets) if self.reports else ReportsConfig(),
                       web=self.web.build(secrets) if self.web else WebConfig(), path=path,
-                      schedule=self.schedule.build(self.default_mode) if self.schedule else None)
+                      schedule=self.schedule.build(self.default_mode) if self.schedule else None,
+                      repository=self.repository.build(secrets) if self.repository else None)
+
+
+def _modes_named(data: dict):
+    """(where, mode) of every mode the file names: default_mode, each pool's, each schedule's."""
+    yield ("default_mode",), data.get("default_mode", "export")
+    for name, pool in (data.get("pools") or {}).items() if isinstance(data.get("pools"), dict) else ():
+        if isinstance(pool, dict) and "mode" in pool:
+            yield ("pools", name, "mode"), pool["mode"]
+    schedule = data.get("schedule") if isinstance(data.get("schedule"), dict) else {}
+    if isinstance(schedule.get("daily"), dict) and "mode" in schedule["daily"]:
+        yield ("schedule", "daily", "mode"), schedule["daily"]["mode"]
+    for i, entry in enumerate(schedule.get("backups") or []) if isinstance(schedule.get("backups"), list) else ():
+        if isinstance(entry, dict) and "mode" in entry:
+            yield ("schedule", "backups", i, "mode"), entry["mode"]
 
 
 def secrets_dir(raw: dict, path: str) -> tuple[str, str]:

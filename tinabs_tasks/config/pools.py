@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from tinabs_tasks.config.base import Record, Table, flag, http_url, one_of, text, validator
+from tinabs_tasks.config.base import MODES, Record, Table, flag, http_url, one_of, text, validator
 from tinabs_tasks.config.errors import ConfigError, problem
 from tinabs_tasks.config.secrets import SecretError
 from tinabs_tasks.config.sources import DEFAULT_SECRETS_DIR, SecretRef, check_ref, ref
@@ -43,6 +43,8 @@ class PoolConfig(Record):
     #: how a worker waits for its XAPI tasks: "events" (one event.from connection per pool per
     #: worker process, falling back to polling where the pool has no events) or "poll"
     task_wait: str = "events"
+    #: this pool's backup mode when a job names none (None: the file's default_mode)
+    mode: str | None = None
 
     @property
     def verify_tls(self) -> bool:
@@ -118,6 +120,7 @@ class PoolTable(Table):
     backup_sr: str = ""
     max_concurrent_exports: int = 2
     task_wait: str = "events"
+    mode: str | None = None
 
     # checked now: a wrong type would only fail later, in a worker
     _text = validator(text, "username", "shared_sr", "password_env", "password_file", "password", "ca_bundle")
@@ -155,6 +158,7 @@ class PoolTable(Table):
         return value
 
     _task_wait = validator(one_of, "task_wait", choices=TASK_WAITS, quote=True)
+    _mode = validator(one_of, "mode", choices=MODES)
 
     @field_validator("max_concurrent_exports", mode="before")
     @classmethod
@@ -186,4 +190,5 @@ class PoolTable(Table):
         return PoolConfig(name=name, master=self.master, username=self.username, secret=ref(self, "password", secrets),
                           password=self.password, ca_bundle=self.ca_bundle, tls_fingerprint=self.tls_fingerprint,
                           insecure=insecure, shared_sr=self.shared_sr, backup_sr=self.backup_sr,
-                          max_concurrent_exports=self.max_concurrent_exports, task_wait=self.task_wait)
+                          max_concurrent_exports=self.max_concurrent_exports, task_wait=self.task_wait,
+                          mode=self.mode)

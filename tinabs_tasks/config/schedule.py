@@ -129,7 +129,7 @@ class DailyTable(_Backup, _Switch):
     def build(self, default_mode: str) -> BackupSchedule:
         hour, minute = self.at.split(":")
         return BackupSchedule(name="daily", when=When(cron=f"{int(minute)} {int(hour)} * * *"),
-                              selector={"weekday": True}, mode=self.mode or default_mode, pools=self.pools,
+                              selector={"weekday": True}, mode=self.mode or default_mode, mode_given=self.mode is not None, pools=self.pools,
                               enabled=self.enabled, at=self.at)
 
 
@@ -179,7 +179,7 @@ class BackupTable(_Backup, _Named):
 
     def build(self, default_mode: str) -> BackupSchedule:
         selector = {"all": True} if self.all else {"tag": self.tag} if self.tag is not None else {"vm": self.vm}
-        return BackupSchedule(name=self.name, when=self.when, selector=selector, mode=self.mode or default_mode,
+        return BackupSchedule(name=self.name, when=self.when, selector=selector, mode=self.mode or default_mode, mode_given=self.mode is not None,
                               pools=self.pools, enabled=self.enabled)
 
 

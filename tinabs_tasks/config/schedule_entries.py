@@ -39,6 +39,8 @@ class BackupSchedule(Record):
     when: When
     selector: dict
     mode: str
+    #: the entry names its mode; else a pool with its own (``[pools.NAME] mode``) uses that
+    mode_given: bool = True
     pools: tuple[str, ...] = ()  # () = every configured pool
     enabled: bool = True
     at: str | None = None  # the daily entry's "HH:MM"

@@ -59,9 +59,13 @@ class BlockStore:
         """Store ``data``; (its id, bytes newly stored: 0 when the block was there, which refreshes
         its GC mark).  RepoFull when the disk is full, with nothing left under a real name."""
         block_id = self.block_id(data)
+        return block_id, self.store(block_id, data)
+
+    def store(self, block_id: str, data: bytes) -> int:
+        """``put`` of data whose id the caller computed (``block_id(data)``): bytes newly stored."""
         path = self.path(block_id)
         if self._mark(path):
-            return block_id, 0
+            return 0
         sealed = self._codec.seal(data, block_id.encode("ascii"), checksum=False)
         try:
             os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
@@ -75,8 +79,8 @@ class BlockStore:
             write_atomic(path, sealed, mode=0o600, replace=False)
         except FileExistsError:  # another writer stored it meanwhile: same content, same name
             self._mark(path)
-            return block_id, 0
-        return block_id, len(sealed)
+            return 0
+        return len(sealed)
 
     def get(self, block_id: str) -> bytes:
         """The block's plaintext, checked: authentication (encrypted), decompression, and its hash

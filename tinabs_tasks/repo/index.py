@@ -190,6 +190,19 @@ def delete_index(repo, backup_id: str) -> None:
     fsync_dir(repo.index_dir())
 
 
+def remove_index_file(repo_path: str, backup_id: str) -> bool:
+    """Remove backup ``backup_id`` from the repository at ``repo_path`` without opening it (no key
+    is needed to delete: a backup is its index file); False if it was not there."""
+    from tinabs_tasks.repo.layout import INDEX_DIR
+    directory = os.path.join(repo_path, INDEX_DIR)
+    try:
+        os.unlink(os.path.join(directory, check_backup_id(backup_id)))
+    except FileNotFoundError:
+        return False
+    fsync_dir(directory)
+    return True
+
+
 def referenced_blocks(repo) -> Iterator[tuple[str, set[str]]]:
     """(backup id, the set of block ids it references), one index at a time (for GC and check)."""
     for backup_id in list_backups(repo):

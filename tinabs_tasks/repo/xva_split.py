@@ -15,6 +15,12 @@ A stream that ends before its end-of-archive blocks raises ``XvaTruncated`` at
 ``finish()``.  Either way no index is written, so the backup does not exist; the
 blocks already stored are orphans that GC reclaims.
 
+With ``threads``, chunks are hashed, compressed, encrypted and written by that many threads
+while the stream is read (zstd, AES-GCM, SHA-256 and the fsync all release the GIL); a few
+chunks per thread wait at most, so memory stays bounded, and each row gets its block id when
+its chunk is stored.  ``close()`` stops them (always call it: a failed backup's pending chunks
+are dropped).
+
 Figures (in ``BackupIndex.figures``): ``stream_bytes`` (the size of the XVA),
 ``stream_sha256`` (of the XVA as the pool sent it), ``transferred_bytes`` (read from
 the pool: the stream here), ``logical_bytes`` (disk data the XVA carries: the chunks'
@@ -24,9 +30,11 @@ bytes), ``stored_bytes`` (bytes the block store newly took; the index's own size
 """
 from __future__ import annotations
 
+import collections
 import datetime
 import hashlib
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 
 from tinabs_tasks.repo.errors import RepoError
 from tinabs_tasks.repo.index import BackupIndex, DiskRun, check_backup_id, save_index
@@ -60,8 +68,11 @@ class XvaTruncated(XvaRejected):
 class XvaSplitter:
     """A ``write(bytes)`` sink that stores an XVA's chunks and builds its index."""
 
-    def __init__(self, repo, backup_id: str, *, meta: dict | None = None):
+    def __init__(self, repo, backup_id: str, *, meta: dict | None = None, threads: int = 0):
         self._repo = repo
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="tinabs-store") if threads else None
+        self._pending: collections.deque = collections.deque()  # (future, row) in stream order
+        self._max_pending = 2 * threads
         self.index = BackupIndex(backup_id=check_backup_id(backup_id), meta=dict(meta or {}))
         self._codec = HeaderCodec()
         self._sha = hashlib.sha256()
@@ -120,6 +131,11 @@ class XvaSplitter:
         """The backup's index, once the whole stream was written; XvaTruncated if it was not."""
         if self._failure:
             raise self._failure
+        try:
+            self._settle(0)
+        except RepoError as exc:
+            self._failure = exc
+            raise
         if not self._in_trailer:
             inside = f", inside member {self._member!r}" if self._member else ""
             self._failure = XvaTruncated(
@@ -231,6 +247,9 @@ class XvaSplitter:
         if text != canonical:
             self._framing["st"] = b64(text)
         row = [number, *self._store(data)]
+        if self._pool is not None and data:
+            self._pending.append((self._pool.submit(self._repo.blocks.put, data), row))
+            self._settle(self._max_pending)
         if self._framing:
             row.append(self._framing)
         run.chunks.append(row)
@@ -243,12 +262,32 @@ class XvaSplitter:
         if not data:
             counts["keepalives"] += 1
             return None, 0
-        block_id, new_bytes = self._repo.blocks.put(data)
         counts["chunks"] += 1
         counts["logical_bytes"] += len(data)
-        counts["stored_bytes"] += new_bytes
-        counts["new_blocks" if new_bytes else "reused_blocks"] += 1
+        if self._pool is not None:
+            return None, len(data)  # the id is set when a thread has stored it (_settle)
+        block_id, new_bytes = self._repo.blocks.put(data)
+        self._count(new_bytes)
         return block_id, len(data)
+
+    def _count(self, new_bytes: int) -> None:
+        self._counts["stored_bytes"] += new_bytes
+        self._counts["new_blocks" if new_bytes else "reused_blocks"] += 1
+
+    def _settle(self, keep: int) -> None:
+        """Wait for stored chunks until at most ``keep`` are pending; their rows get their ids."""
+        while len(self._pending) > keep:
+            future, row = self._pending.popleft()
+            row[1], new_bytes = future.result()
+            self._count(new_bytes)
+
+    def close(self) -> None:
+        """Stop the storing threads (pending chunks of a failed backup are dropped)."""
+        if self._pool is not None:
+            for future, _row in self._pending:
+                future.cancel()
+            self._pool.shutdown(wait=True)
+            self._pending.clear()
 
     def _padding_then(self, size: int, key: str, after) -> None:
         framing = self._framing
@@ -284,15 +323,19 @@ class XvaSplitter:
         index.trailer_raw, index.trailer_zeros = raw, 0
 
 
-def split_xva(repo, backup_id: str, read, *, meta: dict | None = None, read_size: int = READ_SIZE) -> BackupIndex:
+def split_xva(repo, backup_id: str, read, *, meta: dict | None = None, read_size: int = READ_SIZE,
+              threads: int = 0) -> BackupIndex:
     """Store the XVA ``read(n)`` gives (until it returns b"") as backup ``backup_id`` and save its
     index last; returns the index (``sealed_bytes`` set).  Raises XvaRejected (nothing indexed)."""
-    splitter = XvaSplitter(repo, backup_id, meta=meta)
-    while True:
-        piece = read(read_size)
-        if not piece:
-            break
-        splitter.write(piece)
-    index = splitter.finish()
+    splitter = XvaSplitter(repo, backup_id, meta=meta, threads=threads)
+    try:
+        while True:
+            piece = read(read_size)
+            if not piece:
+                break
+            splitter.write(piece)
+        index = splitter.finish()
+    finally:
+        splitter.close()
     save_index(repo, index)
     return index

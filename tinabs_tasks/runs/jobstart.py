@@ -18,22 +18,37 @@ def check_pools(cfg: config_mod.Config, requested: list[str] | tuple[str, ...] |
     return pools
 
 
-def start_job(cfg: config_mod.Config, store, selector: dict, mode: str, pools: list[str],
+def job_modes(cfg: config_mod.Config, mode: str | None, pools: list[str]) -> dict[str, str]:
+    """Each pool's mode in a job: ``mode`` when the job names one, else the pool's own
+    (``[pools.NAME] mode``, else ``default_mode``)."""
+    return {name: mode or cfg.mode_of(name) for name in pools}
+
+
+def describe_modes(modes: dict[str, str]) -> str:
+    """The job's mode as recorded and shown: one mode, or each pool's (``prod-a: repo, lab: export``)."""
+    distinct = set(modes.values())
+    if len(distinct) <= 1:
+        return next(iter(distinct), "")
+    return ", ".join(f"{pool}: {m}" for pool, m in modes.items())
+
+
+def start_job(cfg: config_mod.Config, store, selector: dict, mode: str | None, pools: list[str],
               once_key: str | None = None) -> str:
-    """Record the job and send its plans; the job id.
+    """Record the job and send its plans; the job id.  ``mode`` None: each pool's own mode.
 
     With ``once_key`` (a scheduled tick's task id), a second call with the same key — the
     tick's task delivered again — sends the same job's plans again instead of starting a second
     job; plan is idempotent per job, pool and VM.
     """
     from tinabs_tasks.runs import requests  # sent by name: this process needs only the broker
+    modes = job_modes(cfg, mode, pools)
     job_id = store.r.get(once_key) if once_key else None
     if job_id is None:
-        job_id = store.create_job(selector, mode, pools)
+        job_id = store.create_job(selector, describe_modes(modes), pools)
         if once_key and not store.r.set(once_key, job_id, nx=True, ex=store.ttl_s):
             # two copies of one tick at the same instant (only a redelivery racing its original
             # can do that): follow the first; ours stays an empty record until its TTL
             job_id = store.r.get(once_key)
     for name in pools:
-        requests.plan(job_id, name, selector, mode)
+        requests.plan(job_id, name, selector, modes[name])
     return job_id

@@ -20,12 +20,18 @@ is reported only with ``include_incomplete`` and carries its status:
 * ``corrupt-manifest``: a manifest that is not valid JSON or lacks fields;
 * ``missing-data``: a valid manifest whose data file is absent, not a regular
   file, or not of the manifest's size.
+
+A repository backup (``mode: "repo"``) has no data file: its manifest names the backup's id
+and the repository it is in, and it is complete when that repository holds the index (a
+``stat``: the catalog never needs the key).  Its ``path`` is None; it is named by its
+manifest or its id (``resolve``).
 """
 from __future__ import annotations
 
 import datetime as dt
 import json
 import os
+import re
 from dataclasses import asdict, dataclass
 
 from tinabs_tasks.storage import destination
@@ -54,6 +60,11 @@ class Backup:
     run: str | None
     job: str | None
     status: str = COMPLETE
+    #: a repository backup's id and repository path (None for a file backup)
+    backup_id: str | None = None
+    repository: str | None = None
+    #: bytes this backup added to the repository (repo mode)
+    stored_bytes: int | None = None
 
     @property
     def complete(self) -> bool:
@@ -146,6 +157,8 @@ def _from_manifest(entry, data: dict, pool: str, name: str, uuid: str) -> Backup
         with open(mpath, "rb") as fh:
             m = json.loads(fh.read())
         vm = m["vm"]
+        if m.get("mode") == "repo":
+            return _from_repo_manifest(m, mpath, base, pool)
         fname, size = m["file"], m["size"]
         if not isinstance(fname, str) or os.path.basename(fname) != fname or fname in ("", ".", ".."):
             raise ValueError("bad file")
@@ -169,6 +182,24 @@ def _from_manifest(entry, data: dict, pool: str, name: str, uuid: str) -> Backup
     else:
         ok = False
     if not ok:
+        item.status = MISSING
+    return item
+
+
+def _from_repo_manifest(m: dict, mpath: str, base: str, pool: str) -> Backup:
+    """A repo backup: complete when its repository holds its index (ValueError/KeyError: corrupt)."""
+    bid, repo = m["backup_id"], m["repository"]["path"]
+    if not isinstance(bid, str) or bid != base or not isinstance(repo, str) or not os.path.isabs(repo):
+        raise ValueError("bad repository backup")
+    size, stored = m["size"], m.get("stored_bytes")
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise ValueError("bad size")
+    item = Backup(vm_uuid=str(m["vm"]["uuid"]), vm_name=str(m["vm"]["name"]), pool=str(m.get("pool") or pool),
+                  mode="repo", created=_stamp(m.get("created")) or _stamp(base), size=size, sha256=m.get("sha256"),
+                  verified=_verified(m.get("verified")), path=None, manifest_path=mpath, run=m.get("run"),
+                  job=m.get("job"), backup_id=bid, repository=repo,
+                  stored_bytes=stored if isinstance(stored, int) and not isinstance(stored, bool) else None)
+    if not os.path.isfile(os.path.join(repo, "indexes", bid)):
         item.status = MISSING
     return item
 
@@ -226,6 +257,19 @@ def vm_groups(dest: str, pool: str | None = None, vm: str | None = None) -> list
     return seen
 
 
+_BACKUP_ID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[A-Za-z0-9]+\Z")
+
+
+def _manifest_of_id(dest: str, backup_id: str) -> str:
+    """The manifest named ``<backup id>.json`` anywhere in the destination (the id itself if none)."""
+    for pool_entry in _dirs(dest):
+        for vm_entry in _dirs(pool_entry.path):
+            candidate = os.path.join(vm_entry.path, backup_id + MANIFEST_SUFFIX)
+            if os.path.lexists(candidate):
+                return candidate
+    return backup_id
+
+
 class NotABackup(ValueError):
     """A path a user gave does not name a backup in the destination; the message says why."""
 
@@ -235,9 +279,11 @@ def resolve(dest: str, path: str) -> str:
 
     The manifest must be a regular file, not a symlink: one planted in the destination could
     otherwise make a command read (and record a verdict beside) a file from elsewhere."""
+    if not os.path.lexists(path) and _BACKUP_ID.match(path):
+        path = _manifest_of_id(dest, path)
     if not os.path.lexists(path):
         raise NotABackup(f"{path}: no such file — name a backup by the path of its .xva or .json under "
-                         f"{dest} (`tinabs list` shows them)")
+                         f"{dest}, or a repository backup by its id (`tinabs list` shows them)")
     try:
         destination.inside(dest, path)
     except destination.UnsafePath:

@@ -64,6 +64,8 @@ def inside(dest: str, path: str) -> str:
 def backup_paths(ctx: dict, dest: str) -> dict[str, str]:
     folder = vm_dir(dest, ctx["pool"], ctx["vm"]["name"], ctx["vm"]["uuid"])
     base = os.path.join(folder, f"{ctx['stamp']}-{ctx['run']}")
+    if ctx["mode"] == "repo":  # the data is in the repository: the manifest names its index
+        return {"dir": folder, "data": None, "manifest": base + ".json"}
     suffix = ".xva" if ctx["mode"] == "export" else ".metadata.xva"
     return {"dir": folder, "data": base + suffix, "manifest": base + ".json"}
 

@@ -7,6 +7,8 @@ import os
 from tinabs_tasks.storage import destination
 
 FORMAT = 1
+#: what a repo backup's manifest adds (backup/store.py), and its result carries
+REPO_FIELDS = ("backup_id", "logical_bytes", "transferred_bytes", "stored_bytes", "new_blocks", "reused_blocks")
 
 
 def earlier_result(ctx: dict, paths: dict) -> dict | None:
@@ -14,15 +16,19 @@ def earlier_result(ctx: dict, paths: dict) -> dict | None:
     done = destination.read_manifest(paths["manifest"])
     if not done or done.get("run") != ctx["run"]:
         return None
-    return {"path": paths["data"], "manifest": paths["manifest"], "size": done.get("size"),
-            "sha256": done.get("sha256")}
+    result = {"path": paths["data"], "manifest": paths["manifest"], "size": done.get("size"),
+              "sha256": done.get("sha256")}
+    for key in REPO_FIELDS:
+        if key in done:
+            result[key] = done[key]
+    return result
 
 
 def write(ctx: dict, paths: dict, *, size: int, sha256: str, transfer_s: float, xapi, extra: dict | None = None):
     payload = {
         "format": FORMAT, "vm": {"uuid": ctx["vm"]["uuid"], "name": ctx["vm"]["name"]},
         "pool": ctx["pool"], "job": ctx["job"], "run": ctx["run"], "mode": ctx["mode"],
-        "file": os.path.basename(paths["data"]), "size": size, "sha256": sha256,
+        "file": os.path.basename(paths["data"]) if paths["data"] else None, "size": size, "sha256": sha256,
         "created": ctx["stamp"], "completed": dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ"),
         "timings": {**ctx.get("timings", {}), "transfer": round(transfer_s, 3)},
         "skeleton": ctx.get("skeleton", {}),

@@ -43,7 +43,7 @@ def compensate(self, ctx: dict, reason: str) -> dict:
         raise self.retry(args=(ctx, reason), countdown=wait_countdown(waits), max_retries=None)
     try:
         removed = cleanup.remove_pool_objects(services.xapi(ctx["pool"]), ctx["run"], keep_kept=False)
-        files = cleanup.remove_files(ctx, CFG.destination)
+        files = cleanup.remove_files(ctx, CFG.destination, CFG.repository.path if CFG.repository else None)
     except Exception as exc:
         raise _compensation_failed(self, ctx, reason, exc, jobs) from None
     finally:
@@ -139,7 +139,7 @@ def _start_run(jobs, job: str, pool: str, mode: str, vm: dict, stamp: str, notes
     # created once and claimed atomically: two deliveries of this plan never both start a run
     claimed, ctx["stamp"] = jobs.create_and_claim_run(rid, {"job": job, "pool": pool, "vm_uuid": vm["uuid"],
                                                             "vm_name": vm["name"], "mode": mode, "stamp": stamp,
-                                                            "path": paths["data"]})
+                                                            "path": paths["data"] or paths["manifest"]})
     if claimed:
         try:
             services.send_stage(table.stages_of(mode)[0], ctx)

@@ -1,0 +1,145 @@
+"""Stage 5 (repo mode): stream the backup VM's XVA into the repository.
+
+Creates: the backup's index in the repository (``indexes/<stamp>-<run>``: the backup id) and
+its manifest ``<stamp>-<run>.json`` in the destination, beside the file backups of the VM, so
+that the catalog, retention, reports and restore find it as they find a file backup.
+The export stream is split as it arrives (repo/xva_split.py): each 1 MiB chunk checked against
+its checksum member, then hashed, compressed, encrypted and written by ``store_threads``
+threads under a temp name and renamed; nothing of the stream is written whole anywhere.  The
+index is written once every block it names is stored, the manifest after it: a backup without
+an index does not exist, and a crash before it leaves only orphan blocks that GC reclaims.
+Earlier attempt: a manifest for this run means done; this run's index without a manifest (a
+worker died between the two) gets its manifest now.
+Holds a pool slot and the run's lease, like the export stage.
+Undone by: compensation removes the manifest and the index (cleanup.remove_files); blocks stay
+for GC (another backup may share them).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+from tinabs_tasks.backup.export import assert_writable, expected_size, xva_size
+from tinabs_tasks.repo import index as repo_index
+from tinabs_tasks.repo.configured import open_configured
+from tinabs_tasks.repo.errors import RepoError, RepoFull
+from tinabs_tasks.repo.xva_split import XvaSplitter
+from tinabs_tasks.storage import destination
+from tinabs_tasks.storage import manifest
+from tinabs_tasks.xapi import transfer
+from tinabs_tasks.xapi.errors import DestinationError, StreamCut
+
+#: the repository must have at least this much free besides the reserve before a backup starts:
+#: what one backup's blocks in flight and its index take at most (its new blocks are unknown
+#: before they arrive: deduplication decides); a disk filling up later fails the run the same way
+MIN_FREE_BYTES = 256 << 20
+FIGURES = ("logical_bytes", "transferred_bytes", "stored_bytes", "new_blocks", "reused_blocks")
+
+
+def backup_id(ctx: dict) -> str:
+    """A repo backup's id: the same ``<stamp>-<run>`` that names its manifest."""
+    return f"{ctx['stamp']}-{ctx['run']}"
+
+
+def run(env, ctx: dict) -> dict:
+    xapi, report, slots, dest = env.xapi, env.report, env.slots, env.destination
+    paths = destination.backup_paths(ctx, dest)
+    earlier = manifest.earlier_result(ctx, paths)
+    if earlier:
+        ctx["result"] = earlier
+        return ctx
+    assert_writable(dest)
+    repo = _open(env.repository)
+    bid = backup_id(ctx)
+    done = _indexed_earlier(repo, bid, ctx)
+    if done is None:
+        _assert_room(repo.path, env.reserve_free_bytes)
+        estimate = xva_size([tuple(d) for d in ctx["estimate_disks"]]) if ctx.get("estimate_disks") \
+            else expected_size(xapi, ctx)
+        with slots.hold(ctx["run"], "export", park=("store", ctx)) as beat:
+            began = time.time()
+            done = _stream(xapi, repo, bid, ctx, report, beat, env.repository.store_threads)
+            done.figures["transfer_s"] = round(time.time() - began, 3)
+            done.figures["estimated_size"] = estimate
+    ctx["result"] = _write_manifest(ctx, paths, repo, done, xapi)
+    return ctx
+
+
+def _open(repo_cfg):
+    try:
+        return open_configured(repo_cfg)
+    except RepoError as exc:  # the worker's own config or key: a fix, never worth a retry
+        raise DestinationError(f"repository: {exc}") from None
+
+
+def _indexed_earlier(repo, bid: str, ctx: dict):
+    """This run's index, when an earlier attempt saved it (and died before the manifest)."""
+    try:
+        found = repo_index.load_index(repo, bid)
+    except repo_index.BackupNotFound:
+        return None
+    except RepoError as exc:
+        raise DestinationError(f"repository: {exc}") from None
+    if found.meta.get("run") != ctx["run"]:
+        raise DestinationError(f"repository {repo.path} already holds a backup {bid} of another run; "
+                               "run `tinabs repo check`")
+    return found
+
+
+def _assert_room(path: str, reserve: int) -> None:
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError as exc:
+        raise DestinationError(f"repository {path}: {exc.strerror}") from None
+    if free - reserve < MIN_FREE_BYTES:
+        raise DestinationError(f"repository {path} has {free / 1e6:.0f} MB free (keeping {reserve / 1e6:.0f} MB "
+                               f"in reserve); a backup needs at least {MIN_FREE_BYTES >> 20} MB to start — free "
+                               "space, prune old backups (tinabs prune) and run `tinabs repo gc`")
+
+
+def _stream(xapi, repo, bid: str, ctx: dict, report, beat, threads: int):
+    meta = {"run": ctx["run"], "job": ctx["job"], "pool": ctx["pool"], "stamp": ctx["stamp"],
+            "vm": {"uuid": ctx["vm"]["uuid"], "name": ctx["vm"]["name"]}}
+    splitter = XvaSplitter(repo, bid, meta=meta, threads=threads)
+
+    def write(chunk) -> None:
+        splitter.write(chunk)
+        if beat.lost.is_set():
+            raise StreamCut("lost the export lease (Redis unreachable?)")
+
+    try:
+        size = transfer.download(xapi, "/export", {"ref": ctx["refs"]["backup_vm"]}, (write,),
+                                 label=f"tinabs /export {bid} (repository)", run=ctx["run"],
+                                 progress=lambda n: report.bytes(n))
+        index = splitter.finish()
+        repo_index.save_index(repo, index)
+    except RepoFull as exc:
+        raise DestinationError(f"repository: {exc}") from None
+    except RepoError as exc:  # the pool sent something that is not a whole, sound XVA: retried
+        raise StreamCut(str(exc)) from None
+    except OSError as exc:
+        raise DestinationError(f"repository {repo.path}: {exc.strerror or exc} — check free space and that "
+                               "the worker may write there") from None
+    finally:
+        splitter.close()
+    report.bytes(size, size, force=True)
+    return index
+
+
+def _write_manifest(ctx: dict, paths: dict, repo, index, xapi) -> dict:
+    figures = index.figures
+    stored = int(figures.get("stored_bytes", 0)) + int(getattr(index, "sealed_bytes", 0) or 0)
+    extra = {"backup_id": index.backup_id,
+             "repository": {"path": repo.path, "id": repo.config.id},
+             **{k: int(figures.get(k, 0)) for k in FIGURES}, "stored_bytes": stored,
+             "index_bytes": int(getattr(index, "sealed_bytes", 0) or 0)}
+    try:
+        os.makedirs(paths["dir"], exist_ok=True)
+        manifest.write(ctx, paths, size=int(figures["stream_bytes"]), sha256=figures["stream_sha256"],
+                       transfer_s=float(figures.get("transfer_s", 0.0)), xapi=xapi, extra=extra)
+    except OSError as exc:
+        raise DestinationError(f"destination {paths['dir']}: {exc.strerror or exc}") from None
+    return {"path": None, "manifest": paths["manifest"], "size": int(figures["stream_bytes"]),
+            "sha256": figures["stream_sha256"], "estimated_size": figures.get("estimated_size"),
+            "backup_id": index.backup_id, **{k: extra[k] for k in FIGURES}}
