@@ -7,8 +7,10 @@
     compression = "zstd"           # or "none"; level = 1..22 (default 3)
     encryption = "aes-256-gcm"     # or "none"
     key_file = "/etc/tinabs/repo.key"   # or key_env / key_secret; never inline
-    gc_at = "05:00"                # beat runs `tinabs repo gc` daily then ("" = never)
-    gc_grace_h = 24                # blocks unmarked for this long before a GC are swept
+    gc_grace_h = 24                # blocks unmarked this long before a GC starts may be swept
+    store_threads = 3              # threads that seal and write one backup's blocks
+
+GC runs from ``[schedule.gc]`` (beat) or ``tinabs repo gc``.
 
 The key is a secret like a pool's password: one of ``key_env``, ``key_file`` or ``key_secret``
 (config/sources.py), read only when the repository is opened, never sent anywhere.
@@ -16,7 +18,6 @@ The key is a secret like a pool's password: one of ``key_env``, ``key_file`` or 
 from __future__ import annotations
 
 import os
-import re
 
 from pydantic import field_validator
 
@@ -26,7 +27,6 @@ from tinabs_tasks.config.sources import SecretRef, only_one, ref, sources
 
 COMPRESSIONS = ("zstd", "none")
 ENCRYPTIONS = ("aes-256-gcm", "none")
-_AT = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
 #: a GC grace shorter than this could sweep a block a running backup stored but has not indexed yet
 MIN_GRACE_H = 1.0
 
@@ -38,7 +38,6 @@ class RepositoryConfig(Record):
     level: int = 3
     encryption: str = "aes-256-gcm"
     key: SecretRef | None = None
-    gc_at: str = "05:00"
     gc_grace_h: float = 24.0
     #: threads that compress, encrypt and write blocks during one backup (the stream is read by one)
     store_threads: int = 3
@@ -57,7 +56,6 @@ class RepositoryTable(Table):
     key_env: str | None = None
     key_file: str | None = None
     key_secret: str | None = None
-    gc_at: str = "05:00"
     gc_grace_h: float = 24.0
     store_threads: int = 3
 
@@ -88,13 +86,6 @@ class RepositoryTable(Table):
             raise problem(f"store_threads must be an integer from 1 to 32, got {value!r}")
         return value
 
-    @field_validator("gc_at", mode="before")
-    @classmethod
-    def _gc_at(cls, value):
-        if not isinstance(value, str) or (value and not _AT.match(value)):
-            raise problem(f'gc_at must be a 24-hour "HH:MM" time such as "05:00" (or "" for never), got {value!r}')
-        return value
-
     @field_validator("gc_grace_h", mode="before")
     @classmethod
     def _grace(cls, value):
@@ -116,5 +107,5 @@ class RepositoryTable(Table):
 
     def build(self, secrets: tuple[str, str]) -> RepositoryConfig:
         return RepositoryConfig(path=self.path, compression=self.compression, level=self.level,
-                                encryption=self.encryption, key=ref(self, "key", secrets), gc_at=self.gc_at,
+                                encryption=self.encryption, key=ref(self, "key", secrets),
                                 gc_grace_h=self.gc_grace_h, store_threads=self.store_threads)
