@@ -25,6 +25,10 @@ def run(args) -> int:
     else:
         print(f"  destination {cfg.destination}: writable")
     print(f"  web console: {web_console(cfg.web)}")
+    if cfg.repository is not None:
+        line, bad = repository(cfg.repository)
+        print(f"  repository {cfg.repository.path}: {line}")
+        problems += bad
     if args.offline:
         return 1 if problems else 0
     try:
@@ -48,6 +52,21 @@ def web_console(web) -> str:
     except SecretError as exc:
         return f"no password ({exc}); `tinabs web` will not start until {where} is set"
     return f"listens on {web.listen}, user {web.username}, password from {where}"
+
+
+def repository(repo_cfg) -> tuple[str, int]:
+    """(what the repository says, 1 if it cannot be used): opened with the configured key, which
+    is checked (never shown), and writable by this user."""
+    from tinabs_tasks.repo.configured import open_configured
+    from tinabs_tasks.repo.errors import RepoError
+    try:
+        repo = open_configured(repo_cfg)
+    except RepoError as exc:
+        return str(exc), 1
+    if not os.access(repo.path, os.W_OK):
+        return "not writable by this user — give the worker user write access", 1
+    key = f"key from {repo_cfg.key.kind} {repo_cfg.key.name} matches" if repo.config.encrypted else "not encrypted"
+    return f"{repo.config.encryption}, {repo_cfg.compression} level {repo_cfg.level}; {key}", 0
 
 
 def check_pool(pool) -> int:
