@@ -46,6 +46,8 @@ from helpers.sim_proc import SimProc
 from tinabs_tasks import cli
 from tinabs_tasks.config import model as config
 from tinabs_tasks.cli import worker as worker_command
+from tinabs_tasks.repo import keys
+from tinabs_tasks.repo.layout import init_repository
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -455,10 +457,14 @@ def test_the_tryout_config_logs_in_to_the_simulator(compose, env_example, redis_
             assert pool["master"] == f"http://{sim['hostname']}:{args.port + k + 1}", pool
             pool["master"] = proc.pool(name)["master"]
         cfg["destination"] = str(tmp_path)
+        cfg["repository"]["path"] = str(tmp_path / "repo")
         (tmp_path / "tinabs.toml").write_text(toml_write.dumps(cfg))
         # When tinabs check-config runs with the environment the worker container gets from .env
+        # (its repository key set, as env.example asks, and the repository made with it)
+        key = keys.generate_key()
+        init_repository(str(tmp_path / "repo"), key=key)
         env = {**os.environ, **env_example, "TINABS_CONFIG": str(tmp_path / "tinabs.toml"),
-               "TINABS_BROKER_URL": redis_server.url}
+               "TINABS_BROKER_URL": redis_server.url, cfg["repository"]["key_env"]: key.hex()}
         done = subprocess.run([sys.executable, "-m", "tinabs_tasks.cli", "check-config"], env=env,
                               capture_output=True, text=True, timeout=60)
     finally:
@@ -466,6 +472,7 @@ def test_the_tryout_config_logs_in_to_the_simulator(compose, env_example, redis_
     # Then it logs in to every simulated pool with env.example's passwords and finds their SRs
     assert done.returncode == 0 and "all checks passed" in done.stdout, done.stdout + done.stderr
     assert done.stdout.count("logged in to") == args.pools, done.stdout
+    assert "key from env TINABS_REPO_KEY matches" in done.stdout, done.stdout
 
 
 # -- Compose itself ------------------------------------------------------------------------
