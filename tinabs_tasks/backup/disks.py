@@ -1,10 +1,10 @@
 """Stage 3: empty data disks like the original's, a CD drive if it had one,
-and (export mode) a writable clone of the system snapshot at userdevice 0.
+and (export and repo modes) a writable clone of the system snapshot at userdevice 0.
 
 Creates: per data disk one VDI on the configured shared SR (same size, type,
 sharable, read_only) created with its markers (role data-disk:<userdevice>),
 and one VBD per device on the backup VM (same userdevice, mode, bootable).
-In export mode, a VDI.clone of the snapshot (role system-disk).
+In export and repo modes, a VDI.clone of the snapshot (role system-disk).
 Earlier attempt: VBDs already on the backup VM are skipped by userdevice;
 VDIs are found by their run-specific name (looked up only when an earlier
 delivery started this stage: a first one has made nothing yet).
@@ -28,7 +28,7 @@ def run(env, ctx: dict) -> dict:
     wanted.sort(key=lambda rec: rec["userdevice"])
     # Every disk is started before any is waited for: the storage creates them side by side.
     started = []
-    if ctx["mode"] == "export" and "0" not in taken:
+    if ctx["mode"] in ("export", "repo") and "0" not in taken:
         system = records.get(ctx["refs"]["system_vbd"]) or x.VBD.get_record(ctx["refs"]["system_vbd"])
         started.append((system, _start_system_clone(xapi, ctx, env.again)))
     for rec in wanted:

@@ -29,6 +29,7 @@ COMMANDS = {
     "beat": ("tinabs_tasks.cli.beat", "start Celery beat (schedules, RedBeat)"),
     "web": ("tinabs_tasks.cli.web", "serve the web console (pools, backups, jobs, catalog, restore)"),
     "metrics": ("tinabs_tasks.cli.metrics", "serve tinabs' own figures to Prometheus (/metrics)"),
+    "repo": ("tinabs_tasks.cli.repo", "the backup repository: init, key, stats, check, gc, export-xva"),
 }
 
 

@@ -39,6 +39,10 @@ DEFAULT_GRACE_S = 24 * 3600 + 300
 LOCK_NAME = "gc.lock"
 
 
+class GcBusy(RepoError):
+    """Another GC holds the repository's ``gc.lock``."""
+
+
 @dataclass
 class GcReport:
     """What a GC did.  ``start`` and ``cutoff`` are on the repository filesystem's clock (epoch s)."""
@@ -61,14 +65,14 @@ def collect_garbage(repo: Repository, referenced: Iterable[str] | Callable[[], I
     ``referenced`` yields the id of every block of every index (repeats are fine); pass a
     callable, or a lazy iterable, that reads the indexes when called: it is read after the GC's
     start is recorded.  If it raises (an unreadable index) the GC stops before sweeping anything.
-    RepoError if another GC is running."""
+    GcBusy (a RepoError) if another GC is running."""
     lock_path = os.path.join(repo.path, LOCK_NAME)
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RepoError(f"another GC is running on {repo.path}; wait for it to finish") from None
+            raise GcBusy(f"another GC is running on {repo.path}; wait for it to finish") from None
         os.utime(fd)
         start = os.fstat(fd).st_mtime
         report = GcReport(start=start, cutoff=start - grace_s)
