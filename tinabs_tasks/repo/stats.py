@@ -6,13 +6,13 @@ Figures (all bytes are counted exactly, not estimated):
 * ``stored_bytes``: the sizes of those files as stored (sealed: header, nonce and tag included);
   temp files, indexes and the config are not counted.
 * ``backups``: backups given (one index each).
-* ``logical_bytes``: the sum of the backups' logical sizes: the bytes of the original ``.xva``
-  streams, what files mode would have written.
+* ``logical_bytes``: the sum of the backups' logical sizes as the caller gives them (``tinabs repo
+  stats`` gives each backup's ``logical_bytes``: the disk data its XVA carries, the same figure as
+  in its manifest; the streams' own sizes are its ``xva_bytes``).
 * ``unique_bytes``: the plaintext bytes of the distinct blocks the backups reference (each block
   once, its length as the indexes record it).
 * ``dedup_ratio``: ``logical_bytes / unique_bytes``: how many times over the backups use the
-  distinct content (tar headers, checksums and ova.xml, which are in the stream but no block,
-  count in the numerator only, so a single backup of incompressible unique data is slightly above 1).
+  distinct content (1.0 for a single backup of unique data).
 * ``compression_ratio``: ``unique_bytes / referenced_stored_bytes``, where the denominator is the
   stored size of those same distinct blocks: compression's gain (below 1 for incompressible data,
   by the few bytes of header and tag per block).

@@ -123,7 +123,8 @@ def write_xva_file(repo, backup_id: str, path: str) -> dict:
     directory = os.path.dirname(os.path.abspath(path))
     temp = os.path.join(directory, temp_name(os.path.basename(path)))
     try:
-        with open(temp, "xb") as fh:
+        # 0600: the file is the VM's disk data in clear, whatever the repository's encryption
+        with os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as fh:
             for piece in rebuild_xva(repo, index):
                 fh.write(piece)
             fh.flush()
