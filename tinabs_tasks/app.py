@@ -45,7 +45,7 @@ _TASKS = {
     "tinabs.restore_test": (0, "long"), "tinabs.scheduled_backup": (0, "stage"), "tinabs.inventory": (0, "ask"),
     "tinabs.preview": (0, "ask"), "tinabs.verify_backup": (0, "long"), "tinabs.prune_vm": (1, "stage"),
     "tinabs.prune": (1, "stage"), "tinabs.janitor": (1, "stage"), "tinabs.janitor_all": (1, "stage"),
-    "tinabs.verify": (1, "long"), "tinabs.report": (1, "report"),
+    "tinabs.verify": (1, "long"), "tinabs.report": (1, "report"), "tinabs.repo_gc": (1, "long"),
 }
 #: a console question nobody answers within this is shown as unanswered (the console waits less)
 ASK_TIME_LIMIT_S = 60

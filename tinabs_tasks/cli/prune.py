@@ -4,7 +4,8 @@ The destination is scanned here to find the VMs with backups; each VM is then pr
 `tinabs.prune_vm` on its pool's queue (a worker holds the pool's credentials, and sr-copy
 backups' disks are destroyed on the pool), and this command waits for the results.
 `--dry-run` goes the same way and deletes nothing: it prints what would be kept and deleted,
-with the reasons.  Exit status: 0, or 1 when a backup could not be deleted.
+with the reasons.  A repository backup is deleted as a file backup is, its index standing for the data
+file; its blocks stay until the repository's GC.  Exit status: 0, or 1 when a backup could not be deleted.
 """
 from __future__ import annotations
 
@@ -71,6 +72,11 @@ def render(results: list[dict], dry_run: bool, notes: list[str]) -> str:
             if done.get("vdis"):
                 lines.append(f"{'':12}  {'would destroy' if dry_run else 'destroyed'} copied disk(s) "
                              f"{', '.join(done['vdis'])} on pool {done['pool']}")
+            if done.get("index"):  # a repo backup: its blocks are freed by the next GC, not here
+                idx = done["index"]
+                verb = "would remove" if dry_run else "removed" if idx["removed"] else "found already gone:"
+                lines.append(f"{'':12}  {verb} index {idx['backup_id']} from the repository {idx['repository']} "
+                             "(its blocks go at the next GC)")
         for err in r.get("errors", []):
             lines.append(f"ERROR  {err.get('manifest') or ''}  {err.get('error')}")
     verb = "would delete" if dry_run else "deleted"

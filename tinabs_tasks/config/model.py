@@ -110,6 +110,11 @@ class ConfigFile(Table):
                 if mode == "repo":
                     found.append((where, 'mode "repo" needs a [repository] table (path, encryption, key_file); '
                                          "see the README's Repository section"))
+            schedule = data.get("schedule")
+            if isinstance(schedule, dict) and "gc" in schedule:
+                found.append((("schedule", "gc"), "the repository's GC needs a [repository] table and the "
+                                                  "config has none; add one (path, encryption, key_file) or "
+                                                  "remove [schedule.gc]"))
         return found
 
     def build(self, path: str, secrets: tuple[str, str]) -> Config:

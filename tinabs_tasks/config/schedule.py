@@ -4,8 +4,9 @@
 ``lock_timeout_s``; ``[schedule.daily]`` the original nightly backup of the VMs tagged with the
 day's weekday (``at``, ``mode``, ``pools``, ``enabled``: on by default); ``[[schedule.backups]]``
 any number of backups (``name``, ``cron`` or ``every``, one of ``tag``/``vm``/``all``, ``mode``,
-``pools``); ``[[schedule.verify]]`` (``since_h``), ``[schedule.janitor]`` and ``[schedule.prune]``
-the upkeep tasks.  The README's Schedules section has the example.  No ``[schedule]`` table:
+``pools``); ``[[schedule.verify]]`` (``since_h``), ``[schedule.janitor]``, ``[schedule.prune]`` and
+``[schedule.gc]`` (the repository's GC; it needs a ``[repository]``, checked in model.py) the upkeep
+tasks.  The README's Schedules section has the example.  No ``[schedule]`` table:
 nothing is scheduled.  The records are in schedule_entries.py; schedule/times.py computes the times.
 """
 from __future__ import annotations
@@ -27,7 +28,10 @@ _AT = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
 _EVERY = re.compile(r"^([0-9]+)(s|m|h|d)$")
 _UPKEEP = {"janitor": ("tinabs.janitor_all", "janitor: remove the litter of dead runs on every pool ([janitor] "
                                              "max_age_h)"),
-           "prune": ("tinabs.prune", "prune: apply [retention] to every VM's backups")}
+           "prune": ("tinabs.prune", "prune: apply [retention] to every VM's backups"),
+           "gc": ("tinabs.repo_gc", "gc: remove the repository's blocks no backup references ([repository] "
+                                    "gc_grace_h)")}
+UPKEEP_KINDS = tuple(_UPKEEP)
 
 
 def cron_problem(cron) -> str:
@@ -201,7 +205,13 @@ class VerifyTable(_Named):
 
 
 class UpkeepTable(_Timed):
-    """``[schedule.janitor]`` or ``[schedule.prune]``."""
+    """``[schedule.janitor]``, ``[schedule.prune]`` or ``[schedule.gc]``."""
+
+    @classmethod
+    def refusal(cls, key: str) -> str | None:
+        if "grace" in key:  # one grace for beat's GC and `tinabs repo gc` alike
+            return "the GC's grace is [repository] gc_grace_h, not a schedule setting"
+        return None
 
     def build(self, kind: str) -> Entry:
         task, what = _UPKEEP[kind]
@@ -223,6 +233,7 @@ class ScheduleTable(Table):
     verify: tuple[VerifyTable, ...] = ()
     janitor: UpkeepTable | None = None
     prune: UpkeepTable | None = None
+    gc: UpkeepTable | None = None
 
     _arrays = validator(_array, "backups", "verify")
 
@@ -247,9 +258,9 @@ class ScheduleTable(Table):
 
     @model_validator(mode="after")
     def _whole(self):
-        upkeep = [t for t in (self.janitor, self.prune) if t is not None]
+        upkeep = [getattr(self, k) for k in UPKEEP_KINDS if getattr(self, k) is not None]
         names = ["backup:daily", *(f"backup:{b.name}" for b in self.backups),
-                 *(f"verify:{v.name}" for v in self.verify), *(k for k in ("janitor", "prune") if getattr(self, k))]
+                 *(f"verify:{v.name}" for v in self.verify), *(k for k in UPKEEP_KINDS if getattr(self, k))]
         found = [problem(f"two schedules are named `{n}`; names must be unique", table=True)
                  for i, n in enumerate(names) if n in names[:i]]
         if self.timezone is None and any(t.enabled for t in (self.daily, *self.backups, *self.verify, *upkeep)):
@@ -261,7 +272,7 @@ class ScheduleTable(Table):
 
     def build(self, default_mode: str) -> ScheduleConfig:
         upkeep = [v.build() for v in self.verify]
-        upkeep += [t.build(kind) for kind, t in (("janitor", self.janitor), ("prune", self.prune)) if t is not None]
+        upkeep += [getattr(self, kind).build(kind) for kind in UPKEEP_KINDS if getattr(self, kind) is not None]
         return ScheduleConfig(timezone=self.timezone, lock_timeout_s=self.lock_timeout_s, upkeep=tuple(upkeep),
                               backups=(self.daily.build(default_mode), *(b.build(default_mode) for b in self.backups)))
 

@@ -10,6 +10,10 @@ disks the manifest names in ``copied_vdis``, by uuid on the manifest's pool.  A 
 only when it carries ``tinabs:keep=true`` and ``tinabs:run`` equal to the manifest's run; anything
 else is reported and left alone.  The disks are looked up *before* the manifest is removed, so an
 unreachable pool skips the backup (it is pruned on a later pass) instead of orphaning kept disks.
+A repository backup (mode "repo") has no data file: after its manifest goes its index, removed
+without the key (``repo.index.remove_index_file``: a backup is its index file); its blocks stay
+until a GC finds that no index references them.  Only the worker's own repository is touched: a
+manifest naming another one is reported and left alone (its index would outlive it otherwise).
 
 The janitor (``find_litter`` / ``remove_litter`` / ``stale_partials``) is the safety net for
 crashes no errback saw: pool objects (VMs and VDIs) with tinabs markers whose run is not active
@@ -27,6 +31,7 @@ import time
 
 import XenAPI
 
+from tinabs_tasks.repo import index as repo_index
 from tinabs_tasks.storage import catalog
 from tinabs_tasks.storage import destination
 from tinabs_tasks.storage import retention
@@ -38,8 +43,9 @@ LITTER_CLASSES = ("VM", "VDI")  # VBDs go with their VM / VDI; tasks are xapi's 
 
 # -- retention ------------------------------------------------------------------------------------
 def prune_vm(dest: str, pool: str, vm_uuid: str, policy: retention.Policy, xapi_for,
-             dry_run: bool = False) -> dict:
-    """Apply ``policy`` to one VM's backups in ``dest``; ``xapi_for(pool)`` gives a pool's Xapi port."""
+             dry_run: bool = False, repository: str | None = None) -> dict:
+    """Apply ``policy`` to one VM's backups in ``dest``; ``xapi_for(pool)`` gives a pool's Xapi port,
+    ``repository`` the path of the worker's repository (None: it has none)."""
     items = [b for b in catalog.scan(dest, pool=pool, vm=vm_uuid, include_incomplete=True)
              if b.vm_uuid.lower() == vm_uuid.lower()]
     decisions = retention.plan_vm(items, policy)
@@ -48,13 +54,14 @@ def prune_vm(dest: str, pool: str, vm_uuid: str, policy: retention.Policy, xapi_
     for d in decisions:
         if d.keep:
             continue
-        done = delete_backup(d.backup, xapi_for, dry_run=dry_run)
+        done = delete_backup(d.backup, xapi_for, dry_run=dry_run, repository=repository)
         (out["errors"] if done.get("error") else out["deleted"]).append(done)
     return out
 
 
-def delete_backup(b: catalog.Backup, xapi_for, dry_run: bool = False) -> dict:
-    """Manifest, data file, then the sr-copy disks it names (checked first); returns what was done."""
+def delete_backup(b: catalog.Backup, xapi_for, dry_run: bool = False, repository: str | None = None) -> dict:
+    """Manifest, data file (or a repo backup's index in ``repository``, the worker's own), then the
+    sr-copy disks it names (checked first); returns what was done."""
     m = destination.read_manifest(b.manifest_path) or {}
     run, pool = m.get("run"), m.get("pool") or b.pool
     copied = [c.get("uuid") for c in m.get("copied_vdis") or [] if isinstance(c, dict) and c.get("uuid")]
@@ -62,6 +69,12 @@ def delete_backup(b: catalog.Backup, xapi_for, dry_run: bool = False) -> dict:
     if m.get("run") is None:
         done["error"] = "manifest unreadable or without a run: left alone"
         return done
+    if b.mode == "repo":
+        why = _foreign_repository(b, repository)
+        if why:
+            done["error"] = why
+            return done
+        done["index"] = {"repository": b.repository, "backup_id": b.backup_id, "removed": False}
     targets = []
     if copied:
         try:
@@ -81,6 +94,8 @@ def delete_backup(b: catalog.Backup, xapi_for, dry_run: bool = False) -> dict:
     destination.remove_quietly(b.manifest_path)
     if b.path:
         destination.remove_quietly(b.path)
+    if b.mode == "repo":  # after the manifest, as a data file: a crash between leaves an index no manifest names
+        done["index"]["removed"] = repo_index.remove_index_file(b.repository, b.backup_id)
     for uuid, ref in targets:
         try:
             x.VDI.destroy(ref)
@@ -92,6 +107,19 @@ def delete_backup(b: catalog.Backup, xapi_for, dry_run: bool = False) -> dict:
     if done.get("vdi_errors"):
         done["error"] = f"backup files removed, but {len(done['vdi_errors'])} copied disk(s) not destroyed"
     return done
+
+
+def _foreign_repository(b: catalog.Backup, repository: str | None) -> str | None:
+    """Why a repo backup's index cannot be removed by this worker (None: it can)."""
+    if not b.backup_id or not b.repository:
+        return "a repository backup whose manifest names no index: left alone"
+    if repository is None:
+        return (f"a repository backup (index {b.backup_id} in {b.repository}) but this worker's config has no "
+                "[repository]: left alone; prune from a worker configured with that repository")
+    if os.path.realpath(b.repository) != os.path.realpath(repository):
+        return (f"its index is in the repository {b.repository}, not in this worker's [repository] {repository}: "
+                "left alone (deleting only the manifest would keep its blocks forever)")
+    return None
 
 
 def _kept_vdi(x, uuid: str, run: str):
