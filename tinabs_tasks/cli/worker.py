@@ -9,7 +9,7 @@ queues and replaces itself (exec: the same PID, so systemd and Docker signal Cel
 Routing: every task of a pool (plan, the stages, compensate, restore, prune_vm, janitor) goes to
 the queue ``tinabs.pool.<pool>``, so a worker takes exactly the pools it can reach.  The default
 queue ``tinabs`` carries what is no one pool's: beat's scheduled_backup (which starts the nightly
-job), reports, and the fan-outs prune, janitor_all and verify.  A worker without --pools takes it
+job), reports, the fan-outs prune, janitor_all and verify, and the repository's GC (repo_gc).  A worker without --pools takes it
 along with every pool's queue; a pinned worker only with --with-default-queue, since verify reads
 the whole destination and checks sr-copy disks on every pool.  Some worker must take it.
 
@@ -46,7 +46,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--name", help="node name, NAME@%%h (default: `tinabs`, or the pools joined by `+`)")
     parser.add_argument("--with-default-queue", action="store_true",
                         help=f"with --pools: also take the default queue `{DEFAULT_QUEUE}` (scheduled backups, "
-                             "reports, prune, janitor, verify)")
+                             "reports, prune, janitor, verify, repo_gc)")
     parser.add_argument("--print", action="store_true", dest="print_only",
                         help="print the celery command line instead of running it")
     parser.add_argument("celery_args", nargs="*", metavar="-- CELERY_ARGS",
