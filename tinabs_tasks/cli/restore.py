@@ -1,6 +1,8 @@
 """`tinabs restore BACKUP --pool P [--sr SR] [--name NAME] [--keep-macs|--new-macs] [--start] [--local]`.
 
-BACKUP is a backup's data file or manifest inside the destination.  By default
+BACKUP is a backup's data file or manifest inside the destination, or a repository
+backup's id (``<stamp>-<run>``; its XVA is rebuilt from the repository by the worker,
+which opens it with its own config's key).  By default
 the restore is sent as the `tinabs.restore` task to the pool's queue and
 followed until it ends; `--local` runs it in this process.  Exit status: 0
 restored, 1 the restore failed (nothing is left behind; the reason is printed),
@@ -19,7 +21,8 @@ NO_WORKER_HINT_S = 30
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("backup", help="the backup: its .xva / .metadata.xva file or its .json manifest")
+    parser.add_argument("backup", help="the backup: its .xva / .metadata.xva file or its .json manifest, "
+                                       "or a repository backup's id")
     parser.add_argument("--pool", required=True, help="the pool to restore into")
     parser.add_argument("--sr", help="SR (name or uuid) for the disks (default: the pool's shared_sr; "
                                      "sr-copy: a clone beside the kept copy on the backup SR)")
@@ -44,7 +47,7 @@ def run(args) -> int:
     problem = restore.name_problem(args.name) if args.name is not None else None
     if problem:
         raise UserError(f"--name {problem}")
-    try:
+    try:  # a repo backup's repository is opened where the restore runs (the worker: its key)
         backup = restore.load_backup(cfg.destination, args.backup)
         restore.check_pool(backup, args.pool)
     except restore.BadBackup as exc:
@@ -54,7 +57,8 @@ def run(args) -> int:
     options = {"sr": args.sr, "name": args.name, "macs": args.macs, "start": args.start}
     run_id = restore.new_run_id()
     say = (lambda *_: None) if args.json else (lambda text: print(text, flush=True))
-    say(f"restoring {printable(backup['manifest']['vm']['name'])} ({backup['mode']}) from {printable(backup['path'])} "
+    source = backup["path"] or f"repository backup {backup['backup_id']}"
+    say(f"restoring {printable(backup['manifest']['vm']['name'])} ({backup['mode']}) from {printable(source)} "
         f"into pool {args.pool} (run {run_id})")
     if args.local:
         return _local(cfg, backup, args, options, run_id, say)

@@ -1,4 +1,8 @@
-"""`tinabs verify BACKUP|--all`: re-read backups offline and report exactly what is wrong."""
+"""`tinabs verify BACKUP|--all`: re-read backups offline and report exactly what is wrong.
+
+A repository backup (named by its manifest or its id) is rebuilt from the repository, which
+this process opens with its config's ``[repository]`` key.
+"""
 from __future__ import annotations
 
 import json
@@ -12,7 +16,8 @@ from tinabs_tasks.cli.common import UserError, human_bytes, job_store, load_conf
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("backup", nargs="?", help="a backup: its .xva / .metadata.xva file or its .json manifest")
+    parser.add_argument("backup", nargs="?", help="a backup: its .xva / .metadata.xva file or its .json manifest, "
+                                                  "or a repository backup's id")
     parser.add_argument("--all", action="store_true", help="verify every backup under the destination")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--no-record", action="store_true",
@@ -37,10 +42,10 @@ def run(args) -> int:
     if args.all:
         if not os.path.isdir(cfg.destination):
             raise UserError(f"destination {cfg.destination} does not exist")
-        results = verify_all(cfg.destination, record=record, pool_check=check)
+        results = verify_all(cfg.destination, record=record, pool_check=check, repository=cfg.repository)
     else:
         path = _manifest(args.backup, cfg.destination)
-        results = [(path, verify_backup(path, record=record, pool_check=check))]
+        results = [(path, verify_backup(path, record=record, pool_check=check, repository=cfg.repository))]
     if args.json:
         print(json.dumps([r.as_dict() for _, r in results], indent=2))
     else:

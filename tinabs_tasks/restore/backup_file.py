@@ -6,11 +6,22 @@ its file, and tar headers and ova.xml fit for an XVA (``check_archive``: no
 absolute or ``..`` names, no links, devices or extension headers, exactly one
 VM).  Names read from the backup are data: they go to the pool with what XML
 cannot carry replaced (``plain``), and never into a path.
+
+A repository backup (mode ``repo``) has no file: its manifest names its id and repository.
+Where the restore runs (the worker, or ``--local``), ``load_backup`` is given the config's
+``[repository]`` and opens it with that config's key (a missing or wrong key is a BadBackup
+before anything reaches a pool), checks the manifest names that very repository, loads the
+index and checks its ova.xml and member names as ``check_archive`` checks a file's (its
+members are ``ova.xml`` and ``Ref:N/NNNNNNNN`` by construction).  Without it (a command's
+host, the web console: they may not hold the key) only the catalog entry is checked.
 """
 from __future__ import annotations
 
 import os
 
+from tinabs_tasks.repo.configured import open_configured
+from tinabs_tasks.repo.errors import RepoError
+from tinabs_tasks.repo.index import load_index
 from tinabs_tasks.storage import catalog
 from tinabs_tasks.storage import destination
 from tinabs_tasks.storage import ova
@@ -21,9 +32,19 @@ class BadBackup(ValueError):
     """The named backup cannot be restored (not found, outside the destination, incomplete)."""
 
 
-def load_backup(dest: str, path: str) -> dict:
-    """The backup at ``path`` (data file or manifest), which must be a complete catalog entry
-    inside ``dest``: {"manifest_path", "path", "mode", "manifest"}."""
+class RestoreFailed(Exception):
+    """A restore that cannot succeed, with the reason for the user (permanent)."""
+
+
+#: ``load_backup``'s default: a repository backup's repository is not opened (no key needed)
+CATALOG_ONLY = object()
+
+
+def load_backup(dest: str, path: str, repository=CATALOG_ONLY) -> dict:
+    """The backup at ``path`` (data file, manifest, or a repository backup's id), which must be a
+    complete catalog entry inside ``dest``: {"manifest_path", "path", "mode", "manifest"}; for a
+    repository backup ``path`` is None and, when ``repository`` (the config's RepositoryConfig,
+    or None when it has none) is given, "repo" and "index" are the opened repository and index."""
     try:
         manifest_path = catalog.resolve(dest, path)
     except catalog.NotABackup as exc:
@@ -41,6 +62,10 @@ def load_backup(dest: str, path: str) -> dict:
     manifest = destination.read_manifest(entry.manifest_path)
     if not isinstance(manifest, dict):
         raise BadBackup(f"{path}: its manifest cannot be read")
+    if entry.mode == "repo":
+        found = {"manifest_path": entry.manifest_path, "path": None, "mode": "repo", "manifest": manifest,
+                 "backup_id": entry.backup_id}
+        return found if repository is CATALOG_ONLY else _open_repo_backup(path, found, repository)
     suffix = ".metadata.xva" if entry.mode == "sr-copy" else ".xva"
     if entry.mode not in ("export", "sr-copy") or not entry.path.endswith(suffix) \
             or (entry.mode == "export" and entry.path.endswith(".metadata.xva")):
@@ -50,6 +75,33 @@ def load_backup(dest: str, path: str) -> dict:
         raise BadBackup(f"{path}: sr-copy manifest names no copied disk")
     check_archive(entry.path)
     return {"manifest_path": entry.manifest_path, "path": entry.path, "mode": entry.mode, "manifest": manifest}
+
+
+def _open_repo_backup(path: str, backup: dict, repo_cfg) -> dict:
+    """``backup`` with its repository opened (this config's key) and its index loaded and checked."""
+    recorded = backup["manifest"].get("repository") or {}
+    try:
+        repo = open_configured(repo_cfg)
+    except RepoError as exc:
+        raise BadBackup(f"{path}: its repository {recorded.get('path')} cannot be opened: {exc}") from None
+    if recorded.get("id") != repo.config.id:
+        raise BadBackup(f"{path}: the backup is in repository {recorded.get('id')} at {recorded.get('path')}, but the "
+                        f"config's [repository] at {repo.path} is repository {repo.config.id}; point "
+                        "[repository] path at the backup's repository")
+    try:
+        index = load_index(repo, backup["backup_id"])
+    except RepoError as exc:
+        raise BadBackup(f"{path}: {exc}") from None
+    figures, manifest = index.figures, backup["manifest"]
+    if (figures.get("stream_bytes"), figures.get("stream_sha256")) != (manifest.get("size"), manifest.get("sha256")):
+        raise BadBackup(f"{path}: the manifest says {manifest.get('size')} bytes, sha256 {manifest.get('sha256')}, "
+                        f"but the repository's index of backup {index.backup_id} says {figures.get('stream_bytes')} "
+                        f"bytes, sha256 {figures.get('stream_sha256')}; it cannot be restored")
+    odd = [d.export_id for d in index.disks if not xva_headers.CHUNK_NAME.match(f"{d.export_id}/00000000")]
+    if odd:
+        raise BadBackup(f"{path}: refused, the index names disk member {odd[0]!r}, not Ref:N")
+    ova_objects(decode_ova(index.ova_xml))
+    return {**backup, "repo": repo, "index": index}
 
 
 def check_archive(path: str) -> None:
@@ -73,6 +125,18 @@ def read_ova(path: str) -> dict:
         return ova.read(path)
     except ova.BadOva as exc:
         raise BadBackup(str(exc)) from None
+
+
+def decode_ova(data: bytes) -> dict:
+    try:
+        return ova.decode(data)
+    except ova.BadOva as exc:
+        raise BadBackup(str(exc)) from None
+
+
+def backup_ova(backup: dict) -> dict:
+    """The decoded ova.xml of a backup from ``load_backup``: its file's, or its index's."""
+    return decode_ova(backup["index"].ova_xml) if backup["mode"] == "repo" else read_ova(backup["path"])
 
 
 def ova_objects(header: dict) -> tuple[dict, dict[str, dict]]:

@@ -122,6 +122,6 @@ def isolate(x, vm: str, ctx: dict) -> str:
 
 
 def run_health_check(cfg, backup_path: str, pool: str, sr: str, report=None) -> dict:
-    backup = load_backup(cfg.destination, backup_path)
+    backup = load_backup(cfg.destination, backup_path, cfg.repository)  # this config's key, if repo mode
     check_pool(backup, pool)
     return health_check(_xapi_for(cfg, pool), backup, sr, report=report)

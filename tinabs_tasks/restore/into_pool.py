@@ -10,7 +10,9 @@ here too.
 
 Export backups (``.xva``): ``PUT /import`` of the file (Content-Length, never
 chunked) under a task (``xapi.transfer``), into ``--sr`` (else the pool's
-``shared_sr``, else the pool's default SR).
+``shared_sr``, else the pool's default SR).  Repository backups (mode ``repo``)
+the same way, the XVA rebuilt from the repository as it is sent
+(``repo_backup.RebuiltXva``: no temp file; a damaged block cuts the upload).
 
 sr-copy backups (``.metadata.xva`` + the kept copy on the backup SR):
 ``PUT /import_metadata`` with ``vdi:<uuid in ova.xml>=<new vdi uuid>``.  The
@@ -55,8 +57,9 @@ import uuid as uuidlib
 
 import XenAPI
 
-from tinabs_tasks.restore.backup_file import (  # noqa: F401  (BadBackup, name_problem: for callers)
-    BadBackup, check_pool, is_true, load_backup, name_problem, ova_objects, plain, read_ova)
+from tinabs_tasks.restore.backup_file import (  # noqa: F401  (BadBackup, name_problem, ...: for callers)
+    BadBackup, RestoreFailed, backup_ova, check_pool, is_true, load_backup, name_problem, ova_objects, plain)
+from tinabs_tasks.restore.repo_backup import RebuiltXva
 from tinabs_tasks.xapi import markers
 from tinabs_tasks.xapi import run_objects
 from tinabs_tasks.xapi import transfer
@@ -66,10 +69,6 @@ from tinabs_tasks.xapi.port import NULL_REF
 RESTORE_RUN = "tinabs:restore-run"
 RESTORED_FROM = "tinabs:restored-from"
 MACS = ("auto", "keep", "new")
-
-
-class RestoreFailed(Exception):
-    """A restore that cannot succeed, with the reason for the user (permanent)."""
 
 
 def new_run_id() -> str:
@@ -99,11 +98,11 @@ def restore(xapi, backup: dict, *, sr: str | None = None, name: str | None = Non
     try:
         # what an earlier delivery of this run left, including what its XAPI tasks made after it died
         remove(xapi, run, protect=protect, extra_vms=_remove_orphan_vdis(xapi, run, protect))
-        ova_vm, by_id = ova_objects(read_ova(backup["path"]))
+        ova_vm, by_id = ova_objects(backup_ova(backup))
         keep_macs, mac_reason = _mac_policy(xapi, m, macs)
         networks_before = set(x.network.get_all())
         report(stage="import", progress=0.0)
-        if backup["mode"] == "export":
+        if backup["mode"] in ("export", "repo"):
             imported = _import_xva(xapi, backup, sr, keep_macs, run, report)
         else:
             imported = _import_metadata(xapi, backup, ova_vm, by_id, sr, keep_macs, ctx, protect, report)
@@ -175,11 +174,11 @@ def _default_sr(xapi) -> str:
     return sr
 
 
-def _put(xapi, handler: str, query: dict, path: str, run: str, report) -> list[str]:
-    """PUT ``path`` to ``handler`` under a task; returns the imported VM refs; the pool's own
-    reason (task error_info) when it fails."""
-    size = os.path.getsize(path)
-    result = transfer.upload(xapi, handler, query, path, label=f"tinabs restore {run}", run=run,
+def _put(xapi, handler: str, query: dict, body, run: str, report) -> list[str]:
+    """PUT ``body`` (a file path or a RebuiltXva) to ``handler`` under a task; returns the imported
+    VM refs; the pool's own reason (task error_info) when it fails."""
+    size = os.path.getsize(body) if isinstance(body, str) else body.size
+    result = transfer.upload(xapi, handler, query, body, label=f"tinabs restore {run}", run=run,
                              progress=lambda n: report(stage="import", bytes=n, total=size),
                              task_progress=lambda f: report(stage="import", progress=f))
     refs = result if isinstance(result, list) else [r for r in str(result).split(",") if r]
@@ -193,7 +192,8 @@ def _import_xva(xapi, backup: dict, sr: str | None, keep_macs: bool, run: str, r
     target = _target_sr(xapi, sr)
     if target:
         query["sr_id"] = target
-    return _put(xapi, "/import", query, backup["path"], run, report)
+    body = RebuiltXva(backup) if backup["mode"] == "repo" else backup["path"]
+    return _put(xapi, "/import", query, body, run, report)
 
 
 def _import_metadata(xapi, backup: dict, ova_vm: dict, by_id: dict, sr: str | None, keep_macs: bool,
@@ -345,6 +345,6 @@ def _xapi_for(cfg, pool: str):
 
 def run_restore(cfg, backup_path: str, pool: str, *, sr: str | None = None, name: str | None = None,
                 macs: str = "auto", start: bool = False, run: str | None = None, report=None) -> dict:
-    backup = load_backup(cfg.destination, backup_path)
+    backup = load_backup(cfg.destination, backup_path, cfg.repository)  # this config's key, if repo mode
     check_pool(backup, pool)
     return restore(_xapi_for(cfg, pool), backup, sr=sr, name=name, macs=macs, start=start, run=run, report=report)

@@ -22,6 +22,12 @@ headers, for a restore's quick check; ``ova.decode`` reads ova.xml for both.
 
 A ``.metadata.xva`` (sr-copy) holds only ``ova.xml``; that the copied VDIs
 still exist on the backup SR needs the pool and is checked elsewhere.
+
+A repository backup (mode ``repo``) has no file: its XVA is rebuilt from the repository as a
+stream (``verify_repo``) and goes through the same walk and the same comparisons.  A missing
+or damaged block fails it, named.  When this host cannot open the repository (no
+``[repository]``, no or a wrong key) that is said and no verdict is recorded: it is about
+this host's config, not the backup.
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ from dataclasses import dataclass, field
 
 from tinabs_tasks.storage import catalog
 from tinabs_tasks.storage import destination
+from tinabs_tasks.storage import verify_repo
 from tinabs_tasks.storage import verify_tar
 from tinabs_tasks.storage.verify_skeleton import compare_skeleton
 
@@ -69,33 +76,31 @@ class Problems(list):
         return list(self) + ([f"... and {self.dropped} more problem(s)"] if self.dropped else [])
 
 
-def verify_backup(manifest_path: str, *, record: bool = False, pool_check=None) -> Report:
+def verify_backup(manifest_path: str, *, record: bool = False, pool_check=None, repository=None) -> Report:
     """Verify one backup; ``pool_check(manifest) -> [problems]`` also checks what lives on a pool
-    (the copies an sr-copy backup keeps on the backup SR)."""
+    (the copies an sr-copy backup keeps on the backup SR); ``repository`` (the config's
+    RepositoryConfig) opens a repository backup's repository, with this config's key."""
     report = Report(manifest=manifest_path)
     problems = Problems()
     manifest = _load_manifest(manifest_path, problems)
     if manifest is None:  # nothing to record the verdict in
         return _finish(report, problems, None, record=False)
-    name = manifest.get("file")
-    if not isinstance(name, str) or not name or os.path.basename(name) != name or name in (".", "..") \
-            or "\0" in name:
-        problems.add(f"manifest names no plain data file (file: {name!r})")
+    if manifest.get("mode") == "repo":
+        walked = verify_repo.walk(manifest, problems, report, repository)
+        if walked is verify_repo.NOT_HERE:  # this host's config or key, not the backup: no verdict
+            return _finish(report, problems, manifest, record=False)
+        metadata_only = False
+    else:
+        name = manifest.get("file")
+        if not isinstance(name, str) or not name or os.path.basename(name) != name or name in (".", "..") \
+                or "\0" in name:
+            problems.add(f"manifest names no plain data file (file: {name!r})")
+            return _finish(report, problems, manifest, record)
+        metadata_only = name.endswith(".metadata.xva") or manifest.get("mode") == "sr-copy"
+        walked = _walk_file(manifest_path, name, problems, report, metadata_only)
+    if walked is None:  # unreadable, or cut by a missing block: what it says is the problem
         return _finish(report, problems, manifest, record)
-    report.data = os.path.join(os.path.dirname(os.path.abspath(manifest_path)), name)
-    metadata_only = name.endswith(".metadata.xva") or manifest.get("mode") == "sr-copy"
-    try:
-        fh = destination.open_regular(report.data)
-    except destination.NotRegular as exc:  # a planted link or FIFO: never followed, never read
-        problems.add(f"data file {name} is {exc.kind}: not followed, not read (tinabs writes only regular files)")
-        return _finish(report, problems, manifest, record)
-    except OSError as exc:
-        problems.add(f"data file {name} cannot be read: {exc.strerror}")
-        return _finish(report, problems, manifest, record)
-    with fh:
-        stream = verify_tar.Stream(fh)
-        header = verify_tar.read_tar(stream, problems, report, metadata_only)
-        stream.drain()
+    stream, header = walked
     report.bytes = stream.total
     if manifest.get("size") is not None and manifest.get("size") != stream.total:
         problems.add(f"size differs from the manifest (file has {stream.total} bytes, manifest says "
@@ -110,6 +115,24 @@ def verify_backup(manifest_path: str, *, record: bool = False, pool_check=None) 
         for problem in pool_check(manifest):
             problems.add(problem)
     return _finish(report, problems, manifest, record)
+
+
+def _walk_file(manifest_path: str, name: str, problems: Problems, report: Report, metadata_only: bool):
+    """(the stream read, the decoded ova.xml or None) of the data file; None if it cannot be read."""
+    report.data = os.path.join(os.path.dirname(os.path.abspath(manifest_path)), name)
+    try:
+        fh = destination.open_regular(report.data)
+    except destination.NotRegular as exc:  # a planted link or FIFO: never followed, never read
+        problems.add(f"data file {name} is {exc.kind}: not followed, not read (tinabs writes only regular files)")
+        return None
+    except OSError as exc:
+        problems.add(f"data file {name} cannot be read: {exc.strerror}")
+        return None
+    with fh:
+        stream = verify_tar.Stream(fh)
+        header = verify_tar.read_tar(stream, problems, report, metadata_only)
+        stream.drain()
+    return stream, header
 
 
 def _load_manifest(path: str, problems: Problems) -> dict | None:
@@ -127,10 +150,12 @@ def _load_manifest(path: str, problems: Problems) -> dict | None:
     return manifest
 
 
-def verify_all(dest: str, *, record: bool = False, pool_check=None) -> list[tuple[str, Report]]:
-    """Every backup with a manifest under ``dest`` (incomplete ones too: they fail), in path order."""
+def verify_all(dest: str, *, record: bool = False, pool_check=None, repository=None) -> list[tuple[str, Report]]:
+    """Every backup with a manifest under ``dest`` (incomplete ones too: they fail; repository
+    backups too), in path order."""
     manifests = sorted({b.manifest_path for b in catalog.scan(dest, include_incomplete=True) if b.manifest_path})
-    return [(path, verify_backup(path, record=record, pool_check=pool_check)) for path in manifests]
+    return [(path, verify_backup(path, record=record, pool_check=pool_check, repository=repository))
+            for path in manifests]
 
 
 def _finish(report: Report, problems: Problems, manifest: dict | None, record: bool) -> Report:

@@ -113,4 +113,4 @@ def verify_backup(pool: str | None, manifest_path: str) -> dict:
     worker checks an sr-copy backup's disks (None: any worker)."""
     from tinabs_tasks.storage.copied_disks import pool_check
     path = catalog.resolve(CFG.destination, manifest_path)  # only a backup inside the destination
-    return verify.verify_backup(path, record=True, pool_check=pool_check(CFG)).as_dict()
+    return verify.verify_backup(path, record=True, pool_check=pool_check(CFG), repository=CFG.repository).as_dict()

@@ -14,6 +14,11 @@ error raised:
   never a wrong-password verdict;
 - any other code: that XenAPI.Failure (e.g. VM_BAD_POWER_STATE, permanent).
 
+An upload whose body's own source fails (``upload.SourceFailed``: a backup rebuilt from the
+repository with a damaged block, say) is cut by us, not by the network or the pool: the pool's
+task is given the moment it needs to fail and roll back, and then the source's error is raised
+as it is (it names what is damaged), never the pool's echo of the cut.
+
 The HTTP mechanics are in ``xapi/http.py`` (GET) and ``xapi/upload.py`` (PUT);
 what happens to the bytes (files, hashes) is the caller's.
 """
@@ -45,6 +50,8 @@ class Direction:
     #: how long to wait for the task to end before reading its error_info (after a cut / otherwise)
     cut_wait_s: float = 2.0
     wait_s: float = 2.0
+    #: of ``errors``, our own failures: once the task has ended (waiting up to ``cut_wait_s``), they stand
+    own: tuple[type[BaseException], ...] = ()
 
 
 #: GET: how a failed download shows on our side; CLIENT_ERROR only echoes the cut connection,
@@ -54,7 +61,8 @@ DOWNLOAD = Direction(errors=(http.client.HTTPException, StreamCut, ConnectionErr
 #: PUT: the pool's import task says the body ended early: the cut is the reason, and worth a retry
 UPLOAD = Direction(errors=(Exception,), echoes=frozenset({"IMPORT_ERROR_PREMATURE_EOF", "CLIENT_ERROR"}),
                    echo=lambda code: xupload.UploadCut(f"the pool got part of the upload only ({code})"),
-                   cuts=(xupload.UploadCut, OSError, ConnectionError), cut_wait_s=10.0)
+                   cuts=(xupload.UploadCut, OSError, ConnectionError), cut_wait_s=10.0,
+                   own=(xupload.SourceFailed,))
 
 
 def download(xapi, handler: str, query: dict, sinks, *, label: str, run: str | None = None, progress=None,
@@ -71,15 +79,19 @@ def download(xapi, handler: str, query: dict, sinks, *, label: str, run: str | N
     return size
 
 
-def upload(xapi, handler: str, query: dict, path: str, *, label: str, run: str | None = None, progress=None,
+def upload(xapi, handler: str, query: dict, body, *, label: str, run: str | None = None, progress=None,
            task_progress=None):
-    """PUT the file at ``path`` to ``handler`` under a task; returns the task's decoded result
-    (the imported VMs).  ``progress(bytes sent)``; ``task_progress(fraction)`` while the pool works."""
+    """PUT ``body`` (a file path or an ``upload.Body``) to ``handler`` under a task; returns the
+    task's decoded result (the imported VMs).  ``progress(bytes sent)``; ``task_progress(fraction)``
+    while the pool works.  When the body's source fails, its own error is raised."""
     def send(task: str) -> dict:
-        return xupload.put_file(xapi.base_url, handler, with_task(xapi, query, task), path, xapi.session.context,
+        return xupload.put_file(xapi.base_url, handler, with_task(xapi, query, task), body, xapi.session.context,
                                 progress=progress)
 
-    _answer, result = under_task(xapi, label, send, UPLOAD, run=run, progress=task_progress)
+    try:
+        _answer, result = under_task(xapi, label, send, UPLOAD, run=run, progress=task_progress)
+    except xupload.SourceFailed as exc:
+        raise exc.error from None
     return result
 
 
@@ -100,6 +112,9 @@ def under_task(xapi, label: str, send, direction: Direction, *, run: str | None 
         try:
             sent = send(task)
         except direction.errors as exc:
+            if isinstance(exc, direction.own):  # ours: the pool ends (and rolls back) its task first
+                xapi.task_error(task, wait_s=direction.cut_wait_s)
+                raise
             better = pool_reason(xapi, task, exc, direction)
             if better is not None:
                 raise better from exc
