@@ -1,8 +1,9 @@
 """The fault matrix: at every stage of both modes, what happens in real data centres.
 
 Transient and permanent XAPI errors and cut transfers per stage are in
-test_backup_faults.py.  This module, with real workers, a real Redis and the
-simulator, covers the rest, each at every stage of both modes:
+test_backup_faults.py, and repo mode's column of this matrix in test_fault_matrix_repo.py.
+This module, with real workers, a real Redis and the simulator, covers the rest, each at
+every stage of both modes:
 
 - the pool's sessions expire just as the stage calls the pool: a new login, no retry used up;
 - the pool goes away (connection refused, open connections reset) while the
@@ -30,25 +31,13 @@ import pytest
 
 from helpers.backup_checks import assert_clean, assert_one_backup, run_id
 from helpers.deployment import FAULT_TUNING, VISIBILITY_S, Deployment
-from helpers.procs import finish
+from helpers.fault_matrix import POOL, SIM_ARGS, STAGE_CALL, VM, current_run as _current_run
+from helpers.fault_matrix import finish_backup as _finish, keep_two_workers as _keep_two_workers
+from helpers.fault_matrix import kill_the_worker_of, start_backup as _start_backup
 
-POOL = "pool-a"
-VM = "db-01"  # a data disk, a CD drive and VIFs: every stage has work
-SIM_ARGS = ("--pools", "2", "--vms-per-pool", "4", "--disk-mib", "8")
 STAGES = {
     "export": ("snapshot", "skeleton", "disks", "vifs", "export", "cleanup"),
     "sr-copy": ("snapshot", "skeleton", "disks", "vifs", "copy", "metadata", "cleanup"),
-}
-#: a call each stage makes to the pool: where a fault meets the stage
-STAGE_CALL = {
-    "snapshot": {"method": "VDI.snapshot"},
-    "skeleton": {"method": "VM.create"},
-    "disks": {"method": "VDI.create"},
-    "vifs": {"method": "VIF.create"},
-    "export": {"handler": "/export"},
-    "copy": {"method": "VDI.copy"},
-    "metadata": {"handler": "/export_metadata"},
-    "cleanup": {"method": "VM.destroy"},
 }
 EVERY_STAGE = [pytest.param(stage, mode, id=f"{stage}-{mode}") for mode in STAGES for stage in STAGES[mode]]
 
@@ -74,33 +63,6 @@ def dep(deployment):
 
 
 # -- helpers ----------------------------------------------------------------------
-def _keep_two_workers(dep) -> None:
-    dep.workers = [w for w in dep.workers if w.proc.poll() is None]
-    while len(dep.workers) < 2:
-        dep.start_worker(f"m{time.monotonic_ns()}")
-
-
-def _start_backup(dep, mode: str, vm: str = VM) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tinabs_tasks.cli", "backup", "--vm", vm, "--pool", POOL,
-                             "--mode", mode, "--wait", "--json"], env=dep.env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
-def _finish(proc: subprocess.Popen, timeout: float = 150) -> tuple[int, dict]:
-    code, out, err = finish(proc, "the job", timeout)
-    try:
-        return code, json.loads(out)
-    except ValueError:
-        raise AssertionError(f"no JSON from tinabs backup (exit {code}):\n{out}\n{err}") from None
-
-
-def _current_run(dep) -> dict:
-    r = dep.redis
-    job = r.zrevrange("tinabs:jobs", 0, 0)[0]
-    (rid,) = r.smembers(f"tinabs:job:{job}:runs")
-    return r.hgetall(f"tinabs:run:{rid}")
-
-
 def _assert_settled(dep, code: int, job: dict, before: set[Path]) -> dict:
     """One good backup, nothing else anywhere, and the catalog and status agree with the files."""
     (run,) = job["runs"]
@@ -176,11 +138,7 @@ def test_a_worker_killed_mid_stage_is_replaced_and_the_chain_completes(dep, stag
     # together with its parent worker, as a power cut would, and a new worker is started
     run = _current_run(dep)
     assert run["stage"].startswith(stage), run
-    pid = int(run["worker"].rsplit(":", 1)[1])
-    (victim,) = [w for w in dep.workers if pid in w.child_pids() or pid == w.proc.pid]
-    victim.kill()
-    dep.workers.remove(victim)
-    dep.start_worker(f"replacement{time.monotonic_ns()}")
+    kill_the_worker_of(dep, run)
     # Then the stage's message comes back after the visibility timeout and the chain completes
     code, job = _finish(proc)
     _assert_settled(dep, code, job, before)

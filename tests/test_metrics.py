@@ -5,7 +5,8 @@ loopback port, when a job backs up every VM and one VM of pool-a fails for good 
 the simulator), then a scrape over HTTP, parsed with prometheus_client's parser, shows per pool
 the backups that succeeded and failed and the bytes exported (the sizes of the files on disk),
 and per VM the end of its last success (as `tinabs status` reports it) and its size, or that
-its last run failed.  When the failed run's compensation is delivered twice more, nothing is
+its last run failed.  Repo-mode backups count the same way (their XVA size as bytes exported),
+plus what they added to the repository (bytes stored, per pool and per VM).  When the failed run's compensation is delivered twice more, nothing is
 counted twice.  A broker that cannot be reached or a bad --listen is one clear line (exit 2).
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from helpers.redis_proc import RedisProc, find_redis_server, free_port
 
 DEPLOYMENT_SIM_ARGS = ("--pools", "2", "--vms-per-pool", "3", "--disk-mib", "4")
+DEPLOYMENT_REPOSITORY = True  # for the repo-mode test; the others back up in export mode
 FAILING_VM = "db-01"  # a unique name in pool-a
 SNAPSHOT_GONE = ["HANDLE_INVALID", "VDI", "OpaqueRef:x"]
 
@@ -157,6 +159,40 @@ def test_a_scrape_shows_what_the_job_did(deployment, exporter):
     assert all(r["run"] == bad["id"] for r in again)
     # Then nothing is counted twice: the scrape is the same
     assert exporter.scrape() == after
+
+
+def test_repo_backups_count_their_size_and_what_they_added_to_the_repository(deployment, exporter):
+    dep = deployment
+    dep.sim.clear_faults()
+    before = exporter.scrape()
+    # When every VM of pool-b is backed up into the repository
+    status, job = dep.backup("--all", "--pool", "pool-b", "--mode", "repo", timeout=150)
+    assert status == 0, job
+    runs = job["runs"]
+    manifests = [json.loads(Path(r["manifest"]).read_text()) for r in runs]
+    after = exporter.scrape()
+    # Then they count as backups, their XVA sizes as bytes exported, and what they added to the
+    # repository (the manifests' stored_bytes) as bytes stored
+    def delta(name, **labels):
+        return _value(after, name, **labels) - _value(before, name, **labels)
+    assert delta("tinabs_backups_total", pool="pool-b", result="succeeded") == len(runs) == 3
+    assert delta("tinabs_bytes_exported_total", pool="pool-b") == sum(m["size"] for m in manifests)
+    stored = sum(m["stored_bytes"] for m in manifests)
+    assert stored > 0 and delta("tinabs_repository_bytes_stored_total", pool="pool-b") == stored
+    assert delta("tinabs_repository_bytes_stored_total", pool="pool-a") == 0
+    # And per VM its last backup's size and what it stored
+    for r, m in zip(runs, manifests):
+        labels = dict(pool="pool-b", vm=r["vm_name"], vm_uuid=r["vm_uuid"])
+        assert _value(after, "tinabs_last_backup_bytes", **labels) == m["size"]
+        assert _value(after, "tinabs_last_backup_stored_bytes", **labels) == m["stored_bytes"]
+        assert _value(after, "tinabs_last_success_timestamp_seconds", **labels) == float(r["finished"])
+    # When one of them is next backed up as a file, its last backup stored nothing in the repository
+    status, job = dep.backup("--vm", runs[0]["vm_uuid"], "--pool", "pool-b", "--mode", "export", timeout=150)
+    assert status == 0, job
+    latest = exporter.scrape()
+    assert runs[0]["vm_uuid"] not in _vm_samples(latest, "tinabs_last_backup_stored_bytes")
+    assert _value(latest, "tinabs_repository_bytes_stored_total", pool="pool-b") == \
+        _value(after, "tinabs_repository_bytes_stored_total", pool="pool-b")
 
 
 def test_the_exporter_answers_only_metrics(exporter):

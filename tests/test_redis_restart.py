@@ -10,7 +10,6 @@ state writes wait for Redis instead of failing a stage.
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import redis
 
 from helpers.backup_checks import assert_clean, assert_one_backup
 from helpers.deployment import Deployment
-from helpers.redis_proc import HOST, find_redis_server, free_port, ping
+from helpers.persistent_redis import PersistentRedis
 
 POOL = "pool-a"
 SIM_ARGS = ("--pools", "1", "--vms-per-pool", "5", "--disk-mib", "8")
@@ -36,32 +35,6 @@ lease_s = 5
 visibility_timeout_s = 10
 stuck_after_s = 6
 """
-
-
-class PersistentRedis:
-    """redis-server with an fsync-always append-only file, restartable on the same port."""
-
-    def __init__(self, workdir: Path):
-        self.binary, self.host, self.port, self.dir = find_redis_server(), HOST, free_port(), Path(workdir)
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", self.host, "--dir", str(self.dir),
-                                      "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while not ping(self.host, self.port):
-            assert time.monotonic() < deadline and self.proc.poll() is None, "redis-server did not start"
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ for GC (another backup may share them).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -104,27 +105,39 @@ def _stream(xapi, repo, bid: str, ctx: dict, report, beat, threads: int):
     splitter = XvaSplitter(repo, bid, meta=meta, threads=threads)
 
     def write(chunk) -> None:
-        splitter.write(chunk)
+        with _storing(repo):
+            splitter.write(chunk)
         if beat.lost.is_set():
             raise StreamCut("lost the export lease (Redis unreachable?)")
 
     try:
+        # the transfer's own errors (a pool away, a connection reset: OSErrors too) pass as they are:
+        # the engine waits for the pool or retries; only what storing raised is the repository's
         size = transfer.download(xapi, "/export", {"ref": ctx["refs"]["backup_vm"]}, (write,),
                                  label=f"tinabs /export {bid} (repository)", run=ctx["run"],
                                  progress=lambda n: report.bytes(n))
-        index = splitter.finish()
-        repo_index.save_index(repo, index)
-    except RepoFull as exc:
-        raise DestinationError(f"repository: {exc}") from None
+        with _storing(repo):
+            index = splitter.finish()
+            repo_index.save_index(repo, index)
     except RepoError as exc:  # the pool sent something that is not a whole, sound XVA: retried
         raise StreamCut(str(exc)) from None
-    except OSError as exc:
-        raise DestinationError(f"repository {repo.path}: {exc.strerror or exc} — check free space and that "
-                               "the worker may write there") from None
     finally:
         splitter.close()
     report.bytes(size, size, force=True)
     return index
+
+
+@contextlib.contextmanager
+def _storing(repo):
+    """A full disk or a write refused while storing is the repository's: a fix, never worth a retry
+    (other RepoErrors, a stream that is not a sound XVA, pass on: the pool's, retried)."""
+    try:
+        yield
+    except RepoFull as exc:
+        raise DestinationError(f"repository: {exc}") from None
+    except OSError as exc:
+        raise DestinationError(f"repository {repo.path}: {exc.strerror or exc} — check free space and that "
+                               "the worker may write there") from None
 
 
 def _write_manifest(ctx: dict, paths: dict, repo, index, xapi) -> dict:

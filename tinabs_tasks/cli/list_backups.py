@@ -1,7 +1,9 @@
 """`tinabs list [--pool P] [--vm NAME|UUID] [--json] [--all]`: the backups in the destination.
 
 Read from the manifests on disk, never from the broker: it works after Redis is
-wiped, with the broker down, and from a host that never ran a job.
+wiped, with the broker down, and from a host that never ran a job.  A repository backup
+(mode ``repo``) shows its backup id where a file backup shows its path; ``--json`` gives
+its ``backup_id``, ``repository`` and ``stored_bytes`` (what it added to the repository).
 """
 from __future__ import annotations
 
@@ -43,7 +45,8 @@ def render(items: list[catalog.Backup], show_status: bool = False) -> str:
                human_bytes(b.size) if b.size is not None else "", (b.sha256 or "")[:12], b.verified or "-"]
         if show_status:
             row.append(b.status)
-        rows.append([printable(c) for c in row + [b.path or b.manifest_path or ""]])  # names from manifests
+        # a repository backup has no file: its id names it (`tinabs restore`/`verify` take it)
+        rows.append([printable(c) for c in row + [b.path or b.backup_id or b.manifest_path or ""]])
     headers.append("PATH")
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers[:-1])]
     right = {headers.index("SIZE")}

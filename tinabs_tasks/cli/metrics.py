@@ -47,8 +47,10 @@ class TinabsCollector:
         pools = figures.read(self.r)
         backups = CounterMetricFamily("tinabs_backups", "VM backups that ended, per pool and result",
                                       labels=["pool", "result"])
-        exported = CounterMetricFamily("tinabs_bytes_exported", "Bytes of complete backups written to the "
-                                       "destination", labels=["pool"])
+        exported = CounterMetricFamily("tinabs_bytes_exported", "Bytes of complete backups: files written to "
+                                       "the destination, XVA streams stored in the repository", labels=["pool"])
+        stored = CounterMetricFamily("tinabs_repository_bytes_stored", "Bytes repository backups added to the "
+                                     "repository (new blocks and indexes, after deduplication)", labels=["pool"])
         last_success = GaugeMetricFamily("tinabs_last_success_timestamp_seconds",
                                          "When the VM's last successful backup ended (Unix time)", labels=VM_LABELS)
         last_ok = GaugeMetricFamily("tinabs_last_run_succeeded", "1 if the VM's last backup run succeeded, "
@@ -57,10 +59,13 @@ class TinabsCollector:
                                        labels=VM_LABELS)
         last_seconds = GaugeMetricFamily("tinabs_last_backup_duration_seconds", "Time the VM's last "
                                          "successful backup spent in its stages", labels=VM_LABELS)
+        last_stored = GaugeMetricFamily("tinabs_last_backup_stored_bytes", "Bytes the VM's last successful "
+                                        "backup added to the repository (repo mode only)", labels=VM_LABELS)
         for pool in pools:
             backups.add_metric([pool.name, "succeeded"], pool.succeeded)
             backups.add_metric([pool.name, "failed"], pool.failed)
             exported.add_metric([pool.name], pool.bytes_exported)
+            stored.add_metric([pool.name], pool.bytes_stored)
             for vm in pool.vms:
                 labels = [pool.name, vm.name, vm.uuid]
                 last_ok.add_metric(labels, 1 if vm.last_result == "succeeded" else 0)
@@ -68,7 +73,9 @@ class TinabsCollector:
                     last_success.add_metric(labels, vm.last_success)
                     last_bytes.add_metric(labels, vm.last_size)
                     last_seconds.add_metric(labels, vm.last_seconds)
-        return [backups, exported, last_success, last_ok, last_bytes, last_seconds]
+                    if vm.last_stored is not None:
+                        last_stored.add_metric(labels, vm.last_stored)
+        return [backups, exported, stored, last_success, last_ok, last_bytes, last_seconds, last_stored]
 
 
 def wsgi_app(registry):

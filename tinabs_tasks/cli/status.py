@@ -45,7 +45,7 @@ def render(job: dict) -> str:
     header = f"{'POOL':<10} {'VM':<20} {'STATE':<10} {'STAGE':<22} {'BYTES':>10} {'RATE':>11}  DETAIL"
     lines.append(header)
     for r in job["runs"]:
-        detail = r.get("error", "") if r["state"] in ("failed", "failing", "retrying") else r.get("path", "")
+        detail = r.get("error", "") if r["state"] in ("failed", "failing", "retrying") else backup_name(r)
         rate = f"{human_bytes(r.get('rate'))}/s" if r.get("rate") and r["state"] == "running" else ""
         progress = r.get("progress")
         stage = r.get("stage", "")
@@ -78,6 +78,17 @@ def _report_lines(job: dict) -> list[str]:
         else:
             lines.append(f"report: {channel} {d['status']}")
     return lines
+
+
+def backup_name(run: dict) -> str:
+    """What names a run's backup: its file, or for a repository backup (whose ``path`` is its
+    manifest) its id and what it added to the repository (deduplication makes that far less
+    than its size)."""
+    if run.get("backup_id"):
+        stored = run.get("stored_bytes")
+        added = f" ({human_bytes(stored)} new in the repository)" if stored not in (None, "") else ""
+        return f"repository backup {run['backup_id']}{added}"
+    return run.get("path", "")
 
 
 def _size(run: dict) -> str:

@@ -1,4 +1,5 @@
-"""A job's report: the summary of its end (per VM: result, size, duration, error), as JSON and
+"""A job's report: the summary of its end (per VM: result, size, duration, error; for a repo
+backup also its id and ``stored_bytes``, what it added to the repository), as JSON and
 as a plain-text table, and where it is kept: the ``report`` field of the job's hash, which
 expires with the job.  Sending it is tasks_report.py's; the channels are report_channels.py's.
 
@@ -32,13 +33,17 @@ def summarize(job: dict, now: float | None = None) -> dict:
     finished = [float(r["finished"]) for r in job["runs"] if r.get("finished")]
     ended = max(finished) if finished else (now or time.time())
     created = float(job["created"])
+    # what repository backups added to the repository; a job of file backups only has no such total
+    in_repo = {"stored_bytes": sum(v["stored_bytes"] or 0 for v in vms)} \
+        if any(v["stored_bytes"] is not None for v in vms) else {}
     return {
         "job": job["id"],
         "result": "succeeded" if job["succeeded"] else ("failed" if vms or job["plan_errors"] else "nothing backed up"),
         "selector": job["selector"], "mode": job["mode"], "pools": job["pools"],
         "created": _iso(created), "ended": _iso(ended), "duration_s": round(max(0.0, ended - created), 3),
         "totals": {"vms": len(vms), "succeeded": ok, "failed": len(vms) - ok,
-                   "bytes": sum(v["size"] or 0 for v in vms), "pools_not_planned": job["plan_errors"]},
+                   "bytes": sum(v["size"] or 0 for v in vms), **in_repo,
+                   "pools_not_planned": job["plan_errors"]},
         "vms": vms, "notes": list(job["notes"]),
     }
 
@@ -55,8 +60,25 @@ def _vm(run: dict) -> dict:
         "error": None if ok else (run.get("error") or None),
         "failed_stage": None if ok else run.get("failed_stage"),
         "retries": _int(run.get("retries")) or 0,
-        "backup": run.get("path") if ok else None,
+        # a repository backup's run path is its manifest: its id is what names it
+        "backup": (run.get("backup_id") or run.get("path")) if ok else None,
+        # repo mode: the backup's id, and the bytes it added to the repository (its new blocks)
+        "backup_id": run.get("backup_id") if ok else None,
+        "stored_bytes": _int(run.get("stored_bytes")) if ok else None,
     }
+
+
+def _size(vm: dict) -> str:
+    """The backup's size; a repository backup's also what it added to the repository."""
+    if vm["size"] is None:
+        return ""
+    if vm.get("stored_bytes") is not None:
+        return f"{human_bytes(vm['size'])} ({human_bytes(vm['stored_bytes'])} stored)"
+    return human_bytes(vm["size"])
+
+
+def _any_repo(summary: dict) -> bool:
+    return "stored_bytes" in summary["totals"]
 
 
 def should_send(when: str, summary: dict) -> bool:
@@ -79,12 +101,15 @@ def text(summary: dict) -> str:
              f"{_clean(describe(summary['selector']))}, mode {summary['mode']}, pools {', '.join(summary['pools'])}",
              f"from {summary['created']} to {summary['ended']} ({_duration(summary['duration_s'])})", ""]
     rows = [("POOL", "VM", "RESULT", "SIZE", "DURATION", "ERROR")]
-    rows += [(v["pool"], v["vm"], v["result"], human_bytes(v["size"]) if v["size"] is not None else "",
-              _duration(v["duration_s"]), v["error"] or "") for v in summary["vms"]]
+    rows += [(v["pool"], v["vm"], v["result"], _size(v), _duration(v["duration_s"]), v["error"] or "")
+             for v in summary["vms"]]
     widths = [max(len(_clean(r[i])) for r in rows) for i in range(5)]
     for row in rows:
         lines.append("  ".join(_clean(c).ljust(w) for c, w in zip(row[:5], widths)) + "  " + _clean(row[5]))
-    lines += ["", f"{t['vms']} VM(s): {t['succeeded']} succeeded, {t['failed']} failed, {human_bytes(t['bytes'])} written"]
+    # a repository backup writes only its new blocks: its size is what was backed up, not written
+    moved = f"{human_bytes(t['bytes'])} backed up, {human_bytes(t['stored_bytes'])} of it new in the " \
+        "repository" if _any_repo(summary) else f"{human_bytes(t['bytes'])} written"
+    lines += ["", f"{t['vms']} VM(s): {t['succeeded']} succeeded, {t['failed']} failed, {moved}"]
     lines += [f"note: {_clean(n)}" for n in summary["notes"]]
     return "\n".join(line.rstrip() for line in lines) + "\n"
 

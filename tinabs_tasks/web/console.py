@@ -21,6 +21,8 @@ from tinabs_tasks.runs.redis_client import client
 from tinabs_tasks.schedule.times import WEEKDAYS
 from tinabs_tasks.backup.modes import MODES
 from tinabs_tasks.backup.selection import describe
+from tinabs_tasks.repo.configured import open_configured
+from tinabs_tasks.repo.errors import RepoError
 
 #: a pool's inventory is asked again after this (or on "refresh")
 INVENTORY_FRESH_S = 15.0
@@ -117,16 +119,27 @@ class Console:
         except Exception as exc:  # ConfigError: an unknown pool, named
             raise ConsoleError(str(exc)) from None
 
+    def modes(self) -> tuple[str, ...]:
+        """The modes a backup started here may use: repo only with a [repository] in the config."""
+        return ("export", "sr-copy", "repo") if self.cfg.repository is not None else ("export", "sr-copy")
+
     def check_mode(self, mode: str) -> str:
         mode = mode or self.cfg.default_mode
-        if mode not in ("export", "sr-copy"):
-            raise ConsoleError(f"mode must be export or sr-copy, got {mode!r}")
+        offered = self.modes()
+        if mode not in offered:
+            why = " (repo needs a [repository] table in the config)" if mode == "repo" else ""
+            raise ConsoleError(f"mode must be {', '.join(offered[:-1])} or {offered[-1]}, got {mode!r}{why}")
+        if mode == "repo":
+            check_repository(self.cfg)
         return mode
 
     def preview(self, selector: dict, mode: str, pools: list[str]) -> dict:
-        """What the job would back up now, per pool (plan.select on a worker), with estimates."""
+        """What the job would back up now, per pool (plan.select on a worker), with estimates.  A repo
+        backup streams what an export writes into the repository, before deduplication and
+        compression: its estimate is the export's (at most what the repository receives)."""
+        asked = "export" if mode == "repo" else mode
         per_pool = [{"vms": [], "notes": [], **data}
-                    for _p, data in sorted(self.ask("tinabs.preview", pools, lambda p: (p, selector, mode)).items())]
+                    for _p, data in sorted(self.ask("tinabs.preview", pools, lambda p: (p, selector, asked)).items())]
         vms = [vm for p in per_pool for vm in p["vms"]]
         return {"pools": per_pool, "vm_count": len(vms), "what": describe(selector),
                 "destination_bytes": sum(v["destination_bytes"] for v in vms),
@@ -156,7 +169,9 @@ class Console:
                 "bytes": int(r.get("bytes") or 0) if state == RunState.RUNNING else int(r.get("size") or 0),
                 "rate": int(r.get("rate") or 0) if state == RunState.RUNNING else 0,
                 "error": r.get("error", "") if state in ("failed", "failing", "retrying") else "",
-                "path": r.get("path", "") if state == RunState.SUCCEEDED else "",
+                # what names the backup: a repository backup's id (its path is its manifest), or its file
+                "path": (r.get("backup_id") or r.get("path", "")) if state == RunState.SUCCEEDED else "",
+                "stored_bytes": int(r["stored_bytes"]) if r.get("stored_bytes") else None,
                 "flower": self.flower_task(r.get("task_id")),
             })
         s = summary(job)
@@ -229,7 +244,9 @@ class Console:
 
     def _record(self, task_id: str, kind: str, backup: dict, pool: str, by: str) -> str:
         key = keys.web_action(task_id)
-        self.redis.hset(key, mapping={"kind": kind, "backup": backup["path"], "pool": pool, "by": by,
+        # a repository backup has no data file: its manifest names it
+        self.redis.hset(key, mapping={"kind": kind, "backup": backup.get("path") or backup["manifest_path"],
+                                      "pool": pool, "by": by,
                                       "vm": backup["manifest"].get("vm", {}).get("name", ""),
                                       "created": time.time()})
         self.redis.expire(key, self.store.ttl_s)
@@ -252,6 +269,16 @@ class Console:
         elif state == "PROGRESS" and isinstance(res.info, dict):
             out["progress"] = res.info
         return out
+
+
+def check_repository(cfg: Config) -> None:
+    """The configured repository opens with its key: a repo backup started from the console
+    says what is wrong (no repository, a wrong or missing key) before anything is sent, as
+    `tinabs backup` does.  The message names files and settings, never the key."""
+    try:
+        open_configured(cfg.repository)
+    except RepoError as exc:
+        raise ConsoleError(f"repository: {exc}") from None
 
 
 def run_fraction(run: dict) -> float:

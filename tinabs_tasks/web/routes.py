@@ -134,7 +134,8 @@ async def backup_form(request):
     if choice["vms"] and "kind" not in request.query_params:
         choice["kind"] = "vms"
     return page(request, "backup_new.html", choice=choice, today=console.today_tag(),
-                all_pools=sorted(console.cfg.pools), default_mode=console.cfg.default_mode)
+                all_pools=sorted(console.cfg.pools), default_mode=console.cfg.default_mode,
+                modes=console.modes())
 
 
 async def backup_preview(request):
@@ -145,7 +146,8 @@ async def backup_preview(request):
         mode = console.check_mode(choice["mode"])
     except ConsoleError as exc:
         return page(request, "backup_new.html", status=400, choice=choice, today=console.today_tag(),
-                    all_pools=sorted(console.cfg.pools), default_mode=console.cfg.default_mode, error=str(exc))
+                    all_pools=sorted(console.cfg.pools), default_mode=console.cfg.default_mode,
+                    modes=console.modes(), error=str(exc))
     plan = await run_in_threadpool(console.preview, selector, mode, pool_list)
     return page(request, "preview.html", plan=plan, choice=choice, mode=mode, pools=pool_list)
 

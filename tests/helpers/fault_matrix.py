@@ -1,0 +1,68 @@
+"""What the fault matrix modules share (test_fault_matrix.py, and its repo-mode twin
+test_fault_matrix_repo.py): the VM they back up, where each stage meets the pool, and how a
+backup is started, followed and caught mid-stage."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+from tinabs_tasks.backup.modes import MODES
+
+from .procs import finish
+
+POOL = "pool-a"
+VM = "db-01"  # a data disk, a CD drive and VIFs: every stage has work
+SIM_ARGS = ("--pools", "2", "--vms-per-pool", "4", "--disk-mib", "8")
+#: a call each stage makes to the pool: where a fault meets the stage
+STAGE_CALL = {
+    "snapshot": {"method": "VDI.snapshot"},
+    "skeleton": {"method": "VM.create"},
+    "disks": {"method": "VDI.create"},
+    "vifs": {"method": "VIF.create"},
+    "export": {"handler": "/export"},
+    "store": {"handler": "/export"},  # repo mode: the export stream, stored into the repository
+    "copy": {"method": "VDI.copy"},
+    "metadata": {"handler": "/export_metadata"},
+    "cleanup": {"method": "VM.destroy"},
+}
+assert all(stage in STAGE_CALL for stages in MODES.values() for stage in stages)
+
+
+def keep_two_workers(dep) -> None:
+    dep.workers = [w for w in dep.workers if w.proc.poll() is None]
+    while len(dep.workers) < 2:
+        dep.start_worker(f"m{time.monotonic_ns()}")
+
+
+def start_backup(dep, mode: str, vm: str = VM) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tinabs_tasks.cli", "backup", "--vm", vm, "--pool", POOL,
+                             "--mode", mode, "--wait", "--json"], env=dep.env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish_backup(proc: subprocess.Popen, timeout: float = 150) -> tuple[int, dict]:
+    code, out, err = finish(proc, "the job", timeout)
+    try:
+        return code, json.loads(out)
+    except ValueError:
+        raise AssertionError(f"no JSON from tinabs backup (exit {code}):\n{out}\n{err}") from None
+
+
+def current_run(dep) -> dict:
+    """The run of the newest job (a job of one VM)."""
+    r = dep.redis
+    job = r.zrevrange("tinabs:jobs", 0, 0)[0]
+    (rid,) = r.smembers(f"tinabs:job:{job}:runs")
+    return r.hgetall(f"tinabs:run:{rid}")
+
+
+def kill_the_worker_of(dep, run: dict) -> None:
+    """SIGKILL the worker doing ``run``'s stage (its PID as the run records it), with its parent
+    worker, as a power cut would; a new worker takes its place."""
+    pid = int(run["worker"].rsplit(":", 1)[1])
+    (victim,) = [w for w in dep.workers if pid in w.child_pids() or pid == w.proc.pid]
+    victim.kill()
+    dep.workers.remove(victim)
+    dep.start_worker(f"replacement{time.monotonic_ns()}")
