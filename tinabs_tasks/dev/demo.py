@@ -2,8 +2,10 @@
 
 Starts a private Redis, the XAPI simulator (2 pools) with a generated config,
 one Celery worker, and runs ``tinabs backup --tag <today> --wait`` with its
-live progress; prints where the backups are; stops everything it started.
-Everything lives under ./demo-out (backups are kept there for a look).
+live progress; prints where the backups are.  Then the same VMs go into a
+repository (``tinabs repo init``, two nights of ``--mode repo``, ``tinabs repo
+stats``): the second night stores almost nothing.  Stops everything it started.
+Everything lives under ./demo-out (backups, repository and its key are kept there for a look).
 """
 from __future__ import annotations
 
@@ -39,6 +41,8 @@ def main() -> int:
         started.append(sim)
         info = json.loads(sim.stdout.readline())
         print(f"simulator: {', '.join(p['name'] + ' at ' + p['master'] for p in info['pools'])}")
+        with open(config, "a") as fh:  # before the worker starts: it reads its config once
+            fh.write(f'\n[repository]\npath = "{OUT / "repo"}"\nkey_file = "{OUT / "repo.key"}"\n')
         env = {**os.environ, "TINABS_CONFIG": str(config), "TINABS_BROKER_URL": f"redis://127.0.0.1:{port}/0"}
         log = open(OUT / "worker.log", "w")
         worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "tinabs_tasks", "worker", "-l", "info",
@@ -54,6 +58,12 @@ def main() -> int:
         print(f"\n{len(backups)} backups in {OUT / 'backups'}:")
         for path in backups:
             print(f"  {path.relative_to(OUT)}  ({path.stat().st_size / 1e6:.1f} MB, manifest beside it)")
+        for argv in (["repo", "init"], ["backup", "--tag", today, "--mode", "repo", "--wait"],
+                     ["backup", "--tag", today, "--mode", "repo", "--wait"], ["repo", "stats"]):
+            if status:  # a step failed: its output says why; the rest would only repeat it
+                break
+            print(f"\n$ tinabs {' '.join(argv)}", flush=True)
+            status = subprocess.run([sys.executable, "-m", "tinabs_tasks.cli", *argv], env=env).returncode
         return status
     finally:
         stop_all(started)
