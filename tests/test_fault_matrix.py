@@ -30,9 +30,9 @@ from pathlib import Path
 import pytest
 
 from helpers.backup_checks import assert_clean, assert_one_backup, run_id
-from helpers.deployment import FAULT_TUNING, VISIBILITY_S, Deployment
-from helpers.fault_matrix import POOL, SIM_ARGS, STAGE_CALL, VM, current_run as _current_run
-from helpers.fault_matrix import finish_backup as _finish, keep_two_workers as _keep_two_workers
+from helpers.deployment import VISIBILITY_S
+from helpers.fault_matrix import POOL, STAGE_CALL, VM, current_run as _current_run, fresh, matrix_deployment
+from helpers.fault_matrix import finish_backup as _finish
 from helpers.fault_matrix import kill_the_worker_of, start_backup as _start_backup
 
 STAGES = {
@@ -44,22 +44,14 @@ EVERY_STAGE = [pytest.param(stage, mode, id=f"{stage}-{mode}") for mode in STAGE
 
 @pytest.fixture(scope="module")
 def deployment(redis_server, tmp_path_factory):
-    """Simulator + the module's private Redis + 2 workers, with a short visibility timeout and lease."""
-    dep = Deployment(tmp_path_factory.mktemp("matrix"), redis_server, SIM_ARGS, tuning=FAULT_TUNING)
-    try:
-        for name in ("m1", "m2"):
-            dep.start_worker(name)
+    with matrix_deployment(redis_server, tmp_path_factory, "matrix") as dep:
         yield dep
-    finally:
-        dep.stop()
 
 
 @pytest.fixture
 def dep(deployment):
-    deployment.sim.clear_faults()
-    _keep_two_workers(deployment)
-    yield deployment
-    deployment.sim.clear_faults()
+    with fresh(deployment) as one:
+        yield one
 
 
 # -- helpers ----------------------------------------------------------------------

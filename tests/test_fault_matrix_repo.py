@@ -31,8 +31,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers.deployment import FAULT_TUNING, VISIBILITY_S, Deployment
-from helpers.fault_matrix import POOL, SIM_ARGS, STAGE_CALL, VM, current_run, finish_backup, keep_two_workers
+from helpers.deployment import VISIBILITY_S, Deployment
+from helpers.fault_matrix import POOL, STAGE_CALL, VM, current_run, finish_backup, fresh, matrix_deployment
 from helpers.fault_matrix import kill_the_worker_of, start_backup
 from helpers.persistent_redis import PersistentRedis
 from helpers.pool_checks import litter
@@ -46,23 +46,14 @@ EVERY_STAGE = [pytest.param(stage, id=stage) for stage in MODES["repo"]]
 
 @pytest.fixture(scope="module")
 def deployment(redis_server, tmp_path_factory):
-    """Simulator + the module's private Redis + 2 workers + a repository, short visibility timeout and lease."""
-    dep = Deployment(tmp_path_factory.mktemp("matrix-repo"), redis_server, SIM_ARGS, tuning=FAULT_TUNING,
-                     repository=True)
-    try:
-        for name in ("m1", "m2"):
-            dep.start_worker(name)
+    with matrix_deployment(redis_server, tmp_path_factory, "matrix-repo", repository=True) as dep:
         yield dep
-    finally:
-        dep.stop()
 
 
 @pytest.fixture
 def dep(deployment):
-    deployment.sim.clear_faults()
-    keep_two_workers(deployment)
-    yield deployment
-    deployment.sim.clear_faults()
+    with fresh(deployment) as one:
+        yield one
 
 
 def _assert_settled(dep, code: int, job: dict, before: set[Path]) -> dict:

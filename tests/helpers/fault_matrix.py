@@ -3,6 +3,7 @@ test_fault_matrix_repo.py): the VM they back up, where each stage meets the pool
 backup is started, followed and caught mid-stage."""
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import time
 
 from tinabs_tasks.backup.modes import MODES
 
+from .deployment import FAULT_TUNING, Deployment
 from .procs import finish
 
 POOL = "pool-a"
@@ -28,6 +30,29 @@ STAGE_CALL = {
     "cleanup": {"method": "VM.destroy"},
 }
 assert all(stage in STAGE_CALL for stages in MODES.values() for stage in stages)
+
+
+@contextlib.contextmanager
+def matrix_deployment(redis_server, tmp_path_factory, name: str, *, repository: bool = False):
+    """Simulator + the module's private Redis + 2 workers (+ a repository), a short visibility
+    timeout and lease: the deployment of a fault-matrix module."""
+    dep = Deployment(tmp_path_factory.mktemp(name), redis_server, SIM_ARGS, tuning=FAULT_TUNING,
+                     repository=repository)
+    try:
+        for worker in ("m1", "m2"):
+            dep.start_worker(worker)
+        yield dep
+    finally:
+        dep.stop()
+
+
+@contextlib.contextmanager
+def fresh(deployment):
+    """The deployment for one case: no fault injected, two workers running."""
+    deployment.sim.clear_faults()
+    keep_two_workers(deployment)
+    yield deployment
+    deployment.sim.clear_faults()
 
 
 def keep_two_workers(dep) -> None:
