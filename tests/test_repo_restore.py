@@ -24,7 +24,8 @@ import pytest
 from helpers.pool_checks import litter
 from helpers.xapi_http import counts, guest_write
 from test_restore import (  # noqa: F401  (source: the fixture)
-    POOL, backup_then_write, check_restored, disks, macs, restore, source, tinabs, vm_by_uuid)
+    POOL, assert_health_check_passed, backup_then_write, check_restored, disks, macs, restore, source, tinabs,
+    vm_by_uuid)
 
 from tinabs_tasks.repo import keys
 from tinabs_tasks.repo.index import load_index
@@ -314,12 +315,7 @@ def test_restore_test_of_a_repo_backup_passes_and_cleans_up(deployment, backed_u
     before = counts(dep.sim, POOL)
     proc = tinabs(dep, "verify", manifest["backup_id"], "--restore-test", "--pool", POOL, "--sr", "nfs-shared",
                   "--json")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    report = json.loads(proc.stdout)
-    assert report["ok"], report
-    assert any("Running" in s for s in report["steps"]) and any("isolated network" in s for s in report["steps"])
-    assert counts(dep.sim, POOL) == before
-    assert litter(dep.sim.state()) == {}
+    assert_health_check_passed(dep, proc, before)
 
 
 def test_a_restore_onto_a_members_local_sr_follows_the_redirect(deployment, source, backed_up):

@@ -204,6 +204,12 @@ def test_health_check_task_passes_and_cleans_up(deployment, source):
     # `tinabs verify --restore-test` sends tinabs.restore_test to the pool's workers and waits
     proc = tinabs(dep, "verify", job["runs"][0]["manifest"], "--restore-test", "--pool", POOL, "--sr",
                   "nfs-shared", "--json")
+    assert_health_check_passed(dep, proc, before)
+
+
+def assert_health_check_passed(dep, proc, before: dict) -> None:
+    """`tinabs verify --restore-test --json` passed: the VM ran on an isolated network, and the
+    pool is as it was before."""
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(proc.stdout)
     assert report["ok"], report
