@@ -1,4 +1,5 @@
 """Writing a file so that it is whole under its real name or absent: temp name, fsync, rename.
+Once fsynced its pages are dropped from the page cache (``_drop_cached``).
 
 The temp file is in the destination's own directory (rename is atomic only within a
 filesystem) and named ``.tmp.<name>.<pid>.<random>`` so that concurrent writers never share one
@@ -32,6 +33,7 @@ def write_atomic(path: str, data: bytes, *, mode: int = 0o644, replace: bool = T
             while view:
                 view = view[os.write(fd, view):]
             os.fsync(fd)
+            _drop_cached(fd)
         finally:
             os.close(fd)
         if replace:
@@ -49,6 +51,16 @@ def write_atomic(path: str, data: bytes, *, mode: int = 0o644, replace: bool = T
             raise RepoError(f"cannot write {path}: {exc.strerror}; give this user write access "
                             "to the repository") from None
         raise
+
+
+def _drop_cached(fd: int) -> None:
+    """Drop the file's pages (clean once fsynced) from the page cache, as the export stage does:
+    what the repository stores is read back rarely, and a night of backups must neither evict the
+    host's cache nor make the kernel reclaim gigabytes of it while the backups go on."""
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except OSError:  # advice only: a filesystem that does not take it loses nothing
+        pass
 
 
 def _discard(temp: str) -> None:

@@ -91,13 +91,13 @@ class Codec:
         """The plaintext of ``sealed``; SealError if it is not whole, authentic and well-formed."""
         if len(sealed) < HEADER.size:
             raise SealError(f"too short ({len(sealed)} bytes) to be sealed data")
-        header = sealed[:HEADER.size]
+        header = bytes(sealed[:HEADER.size])
         magic, version, flags, _ = HEADER.unpack(header)
         if magic != MAGIC:
             raise SealError("not sealed data (bad magic)")
         if version != VERSION:
             raise SealError(f"format version {version}, this tinabs reads {VERSION}: upgrade tinabs")
-        body = sealed[HEADER.size:]
+        body = memoryview(sealed)[HEADER.size:]  # slices of it are views: a block is not copied to be opened
         if flags & FLAG_AES_GCM:
             if self._aead is None:
                 raise SealError("encrypted, but the repository is configured without encryption")

@@ -1,6 +1,7 @@
 """Giving back a backup's ``.xva`` byte for byte, as a stream, from its index and the block store.
 
-``rebuild_xva`` yields the pieces of the stream (at most one chunk held at a time), so a
+``rebuild_xva`` yields the pieces of the stream (a few chunks held at a time: those its
+read-ahead threads have read, READ_AHEAD_THREADS + 1 at most, and the one being sent), so a
 restore sends it straight to a pool's ``/import`` and ``write_xva_file`` writes it for
 ``tinabs repo export-xva``.  Every block is checked as it is read (the block store
 authenticates it and re-hashes it against its id) and its length against the index; the
@@ -12,9 +13,11 @@ temp file and renames it only once the whole stream checked out.
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 from tinabs_tasks.repo.atomic import fsync_dir, temp_name
 from tinabs_tasks.repo.errors import BlockMissing, RepoCorrupt, RepoError
@@ -23,6 +26,9 @@ from tinabs_tasks.repo.xva_framing import BLOCK, HeaderCodec, checksum_text, unb
 
 #: small members (headers, checksums, padding) are gathered into pieces of about this size
 PIECE = 256 << 10
+#: threads that read blocks ahead of the stream (read, authenticate, decompress, re-hash: all but
+#: the Python around them release the GIL), so disk reads and both cores work while a piece is sent
+READ_AHEAD_THREADS = 2
 _END_OF_ARCHIVE = bytes(2 * BLOCK)
 
 
@@ -60,32 +66,34 @@ def _padding(framing: dict, key: str, size: int) -> bytes:
     return unb64(framing[key]) if key in framing else bytes(-size % BLOCK)
 
 
-def rebuild_xva(repo, index: BackupIndex) -> Iterator[bytes]:
-    """The backup's original XVA stream, in pieces; RepoCorrupt when a block or the index is bad."""
+def rebuild_xva(repo, index: BackupIndex, *, threads: int = READ_AHEAD_THREADS) -> Iterator[bytes]:
+    """The backup's original XVA stream, in pieces; RepoCorrupt when a block or the index is bad.
+    ``threads`` read blocks ahead (in stream order, a few per thread at most; 0: none)."""
     backup_id = index.backup_id
     codec = HeaderCodec(index.templates)
     out = _Pieces()
+    ahead = _chunks(repo, index, threads)
     try:
         yield from out.add(codec.decode(index.ova_framing["h"], "ova.xml", len(index.ova_xml)))
         yield from out.add(index.ova_xml)
         yield from out.add(_padding(index.ova_framing, "p", len(index.ova_xml)))
-        for run in index.disks:
-            for row in run.chunks:
-                number, block_id, length = row[0], row[1], row[2]
-                framing = row[3] if len(row) > 3 else {}
-                name = f"{run.export_id}/{number:08d}"
-                data = _block(repo, backup_id, name, block_id, length)
-                kind = framing.get("k", run.checksum_kind)
-                text = unb64(framing["st"]) if "st" in framing else checksum_text(kind, data)
-                yield from out.add(codec.decode(framing.get("h", 0), name, length))
-                yield from out.add(data)
-                yield from out.add(_padding(framing, "p", length))
-                yield from out.add(codec.decode(framing.get("sh", 0), f"{name}.{kind}", len(text)))
-                yield from out.add(text)
-                yield from out.add(_padding(framing, "sp", len(text)))
+        for run, row, data in ahead:
+            number, length = row[0], row[2]
+            framing = row[3] if len(row) > 3 else {}
+            name = f"{run.export_id}/{number:08d}"
+            kind = framing.get("k", run.checksum_kind)
+            text = unb64(framing["st"]) if "st" in framing else checksum_text(kind, data)
+            yield from out.add(codec.decode(framing.get("h", 0), name, length))
+            yield from out.add(data)
+            yield from out.add(_padding(framing, "p", length))
+            yield from out.add(codec.decode(framing.get("sh", 0), f"{name}.{kind}", len(text)))
+            yield from out.add(text)
+            yield from out.add(_padding(framing, "sp", len(text)))
     except (ValueError, KeyError, TypeError, IndexError) as exc:
         raise RepoCorrupt(f"the index of backup {backup_id} is damaged ({exc.__class__.__name__}: {exc}); "
                           "it cannot be rebuilt") from None
+    finally:
+        ahead.close()
     yield from out.add(_END_OF_ARCHIVE)
     trailer = index.trailer_raw if index.trailer_raw is not None else bytes(index.trailer_zeros)
     yield from out.add(trailer)
@@ -95,6 +103,34 @@ def rebuild_xva(repo, index: BackupIndex) -> Iterator[bytes]:
         raise RepoCorrupt(f"the rebuilt XVA of backup {backup_id} ({out.total} bytes, sha256 "
                           f"{out.sha.hexdigest()}) is not the one backed up ({index.figures.get('stream_bytes')} "
                           f"bytes, sha256 {want}); the index is damaged")
+
+
+def _chunks(repo, index: BackupIndex, threads: int) -> Iterator[tuple]:
+    """(disk run, row, the chunk's data) of every chunk row in stream order, the data read by
+    ``threads`` threads ahead of the consumer; a block's error is raised at its turn."""
+    def fetch(run, row) -> bytes:
+        return _block(repo, index.backup_id, f"{run.export_id}/{row[0]:08d}", row[1], row[2])
+
+    rows = ((run, row) for run in index.disks for row in run.chunks)
+    if threads <= 0:
+        for run, row in rows:
+            yield run, row, fetch(run, row)
+        return
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="tinabs-rebuild")
+    pending: collections.deque = collections.deque()
+    try:
+        for run, row in rows:
+            pending.append((run, row, pool.submit(fetch, run, row)))
+            if len(pending) > threads:
+                run, row, future = pending.popleft()
+                yield run, row, future.result()
+        while pending:
+            run, row, future = pending.popleft()
+            yield run, row, future.result()
+    finally:
+        for _run, _row, future in pending:
+            future.cancel()
+        pool.shutdown(wait=True)
 
 
 def _block(repo, backup_id: str, name: str, block_id: str | None, length: int) -> bytes:
