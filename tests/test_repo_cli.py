@@ -330,7 +330,9 @@ def test_export_xva_with_a_missing_block_fails_and_leaves_nothing(deployment, ba
     config, copy = repo_copy(dep, tmp_path)
     backup = backups[2]
     owners = users(copy, dep, backups)
-    block_id = next(b for b, u in sorted(owners.items()) if backup["backup_id"] in u)
+    # a block of this backup that backups[0] does not use: the second half below rebuilds backups[0]
+    block_id = next(b for b, u in sorted(owners.items())
+                    if backup["backup_id"] in u and backups[0]["backup_id"] not in u)
     block_files(copy)[block_id].unlink()
     out_dir = tmp_path / "out"
     out_dir.mkdir()

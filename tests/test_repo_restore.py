@@ -175,8 +175,9 @@ def test_a_block_missing_mid_restore_fails_naming_it_and_leaves_nothing(deployme
 
 
 def test_a_stream_that_is_not_the_manifests_is_cut_before_its_end(deployment, backed_up):
-    """What is sent is hashed as it goes: when it is not the manifest's sha256 the end of the archive
-    is held back, so the pool never imports it whole; the restore fails and leaves nothing."""
+    """What is sent is hashed as it goes: when it is not the sha256 the index and manifest say, the
+    end of the archive is held back, so the pool never imports it whole; the restore fails and
+    leaves nothing.  A manifest that disagrees with its index sends nothing at all."""
     from tinabs_tasks.config import model as config
     from tinabs_tasks.restore import into_pool as restore_mod
     from tinabs_tasks.restore.repo_backup import RebuiltXva
@@ -184,7 +185,12 @@ def test_a_stream_that_is_not_the_manifests_is_cut_before_its_end(deployment, ba
     run, _, _, _ = backed_up
     cfg = config.load(str(dep.config))
     backup = restore_mod.load_backup(cfg.destination, run["manifest"], cfg.repository)
-    backup["manifest"]["sha256"] = "0" * 64  # past load_backup's check: only the sending hash can see it
+    backup["manifest"]["sha256"] = "1" * 64  # past load_backup's check: the manifest is not the index's
+    with pytest.raises(restore_mod.RestoreFailed, match="its index says sha256 .*, its manifest 1{64}"):
+        next(RebuiltXva(backup).pieces())
+    # both say another stream (as if the blocks had been swapped for others that hash right):
+    # only the rebuild's own hash of what it sends can see it
+    backup["manifest"]["sha256"] = backup["index"].figures["stream_sha256"] = "0" * 64
     given = 0
     with pytest.raises(restore_mod.RestoreFailed, match="is not the one backed up"):
         for piece in RebuiltXva(backup).pieces():

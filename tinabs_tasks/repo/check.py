@@ -67,7 +67,7 @@ def check_blocks(store: BlockStore, referenced: Mapping[str, Iterable[str]], *, 
         present = []
     for block_id in present:
         try:
-            store.get(block_id)
+            store.get(block_id, rehash=True)
         except BlockMissing:  # went since it was looked for (GC of a backup pruned meanwhile)
             report.missing[block_id] = sorted(users[block_id])
         except RepoCorrupt as exc:
