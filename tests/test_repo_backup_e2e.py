@@ -19,6 +19,12 @@ DEPLOYMENT_SIM_ARGS = ("--pools", "1", "--vms-per-pool", "3", "--disk-mib", "8")
 DEPLOYMENT_REPOSITORY = True
 
 
+def _disks(state: dict, vm_uuid: str) -> list[dict]:
+    vm = next(v for v in state["VM"].values() if v["uuid"] == vm_uuid)
+    return [state["VBD"][b] for b in vm["VBDs"]
+            if state["VBD"][b]["type"] == "Disk" and state["VBD"][b]["VDI"] in state["VDI"]]
+
+
 def test_repo_mode_backs_up_every_vm_into_the_repository(deployment):
     dep = deployment
     before = dep.sim.state()
@@ -45,6 +51,8 @@ def test_repo_mode_backs_up_every_vm_into_the_repository(deployment):
         assert manifest["transferred_bytes"] == manifest["size"]
         assert manifest["new_blocks"] + manifest["reused_blocks"] == index.figures["chunks"]
         assert manifest["logical_bytes"] == index.figures["logical_bytes"]
+        # every disk of the VM is in the XVA, its system disk included (its data disks empty)
+        assert len(index.disks) == len(_disks(before["pools"]["pool-a"], r["vm_uuid"])), index.disks
         logical.append(manifest["logical_bytes"])
     assert max(logical) >= 2 << 20  # a system disk's first and last chunks at least
     assert litter(dep.sim.state()) == {}
