@@ -119,6 +119,8 @@ def _done(result: dict, args, say) -> int:
 def _failed(reason: str, args) -> int:
     if args.json:
         print(json.dumps({"ok": False, "error": reason}))
+    # the worker's reason may already say it (its task fails with "restore failed: ..."): once is enough
+    reason = reason.removeprefix("restore failed: ")
     print(f"tinabs: restore failed: {printable(reason)}; nothing of it was left on the pool", file=sys.stderr)
     return 1
 
