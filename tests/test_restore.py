@@ -190,7 +190,7 @@ def test_failed_import_leaves_nothing(deployment, source, fault, local):
         dep.sim.clear_faults()
     assert proc.returncode == 1, proc.stdout + proc.stderr
     reason = proc.stderr.strip().splitlines()[-1]
-    assert reason.startswith("tinabs: restore failed: ")
+    assert reason.startswith("tinabs: restore failed: ") and reason.count("restore failed") == 1, reason
     assert ("SR_FULL" in reason) if "error" in fault else ("IMPORT_ERROR" in reason or "reach" in reason), reason
     assert counts(dep.sim, POOL) == before
     assert litter(dep.sim.state()) == {}
