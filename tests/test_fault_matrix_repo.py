@@ -37,6 +37,7 @@ from helpers.fault_matrix import kill_the_worker_of, start_backup
 from helpers.persistent_redis import PersistentRedis
 from helpers.pool_checks import litter
 from helpers.repo_checks import assert_one_repo_backup, assert_repo_consistent, repo_run_id
+from test_redis_restart import TUNING as REDIS_RESTART_TUNING  # the same Redis-restart tuning
 
 from tinabs_tasks.backup.modes import MODES
 from tinabs_tasks.repo.index import list_backups
@@ -173,17 +174,6 @@ def _block_files(dep) -> set[str]:
     return {p.name for p in (Path(dep.repo_path) / "blocks").rglob("*") if p.is_file()}
 
 
-REDIS_TUNING = """
-[retry]
-max_retries = 3
-backoff_base_s = 0.2
-backoff_max_s = 1.0
-
-[limits]
-lease_s = 5
-visibility_timeout_s = 10
-stuck_after_s = 6
-"""
 
 
 def test_a_redis_restart_mid_store_loses_nothing_and_duplicates_nothing(tmp_path):
@@ -191,7 +181,7 @@ def test_a_redis_restart_mid_store_loses_nothing_and_duplicates_nothing(tmp_path
     server.dir.mkdir()
     server.start()
     dep = Deployment(tmp_path / "deploy", server, ("--pools", "1", "--vms-per-pool", "3", "--disk-mib", "8"),
-                     tuning=REDIS_TUNING, repository=True)
+                     tuning=REDIS_RESTART_TUNING, repository=True)
     try:
         dep.start_worker("r1")
         dep.start_worker("r2")
