@@ -7,20 +7,17 @@ runs says so and exits 1 having touched nothing; so does a GC that meets an unre
 (it stops before sweeping: that index's blocks would look unreferenced).
 
 ``--dry-run`` changes nothing (no mark, no lock): it lists what a GC now would remove, by the
-same rule (an unreferenced block, or a temp file, older than the grace).  Referenced blocks a GC
+same sweep (repo/gc.py ``plan_garbage``: an unreferenced block, or a temp file, older than the grace).  Referenced blocks a GC
 finds missing are reported (exit 1): `tinabs repo check` says which backups they break.
 """
 from __future__ import annotations
 
 import dataclasses
-import os
-import time
 
 from tinabs_tasks.cli.common import human_bytes, printable
 from tinabs_tasks.cli.repo import opened, print_json, problem
-from tinabs_tasks.repo.atomic import TEMP_PREFIX
 from tinabs_tasks.repo.errors import RepoCorrupt, RepoError
-from tinabs_tasks.repo.gc import GcReport, collect_garbage
+from tinabs_tasks.repo.gc import collect_garbage, plan_garbage
 from tinabs_tasks.repo.index import all_referenced_block_ids
 
 
@@ -35,7 +32,7 @@ def run_gc(args) -> int:
     grace_s = cfg.repository.gc_grace_h * 3600
     try:
         if args.dry_run:
-            report = _plan(repo, grace_s)
+            report = plan_garbage(repo, lambda: all_referenced_block_ids(repo), grace_s=grace_s)
         else:
             report = collect_garbage(repo, lambda: _once(all_referenced_block_ids(repo)), grace_s=grace_s)
     except RepoCorrupt as exc:
@@ -69,38 +66,3 @@ def _once(block_ids):
         if block_id not in seen:
             seen.add(block_id)
             yield block_id
-
-
-def _plan(repo, grace_s: float) -> GcReport:
-    """What ``collect_garbage`` would do now, changing nothing (the clock is this host's: a dry
-    run writes nothing, so it cannot read the filesystem's as GC does)."""
-    start = time.time()
-    report = GcReport(start=start, cutoff=start - grace_s)
-    referenced = set(all_referenced_block_ids(repo))
-    stored = set()
-    for kind, name, st in repo.blocks.scan():
-        if st is None:
-            continue
-        if kind == "block":
-            stored.add(name)
-            if name in referenced or st.st_mtime >= report.cutoff:  # GC marks the former first
-                report.blocks_kept += 1
-                report.bytes_kept += st.st_size
-            else:
-                report.blocks_removed += 1
-                report.bytes_freed += st.st_size
-        elif kind == "temp" and st.st_mtime < report.cutoff:
-            report.temps_removed += 1
-            report.bytes_freed += st.st_size
-    report.marked = len(referenced & stored)
-    report.missing = sorted(referenced - stored)
-    for directory, _, names in os.walk(repo.index_dir()):  # temp files of killed index writers
-        for name in names:
-            try:
-                st = os.stat(os.path.join(directory, name))
-            except FileNotFoundError:
-                continue
-            if name.startswith(TEMP_PREFIX) and st.st_mtime < report.cutoff:
-                report.temps_removed += 1
-                report.bytes_freed += st.st_size
-    return report

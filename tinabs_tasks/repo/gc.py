@@ -26,6 +26,7 @@ from __future__ import annotations
 import fcntl
 import os
 import secrets
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -83,6 +84,22 @@ def collect_garbage(repo: Repository, referenced: Iterable[str] | Callable[[], I
         os.close(fd)  # releases the flock
 
 
+def plan_garbage(repo: Repository, referenced: Iterable[str] | Callable[[], Iterable[str]], *,
+                 grace_s: float = DEFAULT_GRACE_S) -> GcReport:
+    """What ``collect_garbage`` would remove now, by the same sweep, changing nothing: no lock, no
+    mark (a referenced block counts as marked), nothing removed.  The clock is this host's: a dry
+    run writes nothing, so it cannot read the filesystem's as a GC does.  ``marked`` counts each
+    stored referenced block once."""
+    start = time.time()
+    report = GcReport(start=start, cutoff=start - grace_s)
+    wanted = set(referenced() if callable(referenced) else referenced)
+    stored: set[str] = set()
+    _sweep(repo, report, dry=(wanted, stored))
+    report.marked = len(wanted & stored)
+    report.missing = sorted(wanted - stored)
+    return report
+
+
 def _mark(repo: Repository, referenced: Iterable[str], report: GcReport) -> None:
     missing = set()
     for block_id in referenced:
@@ -94,16 +111,19 @@ def _mark(repo: Repository, referenced: Iterable[str], report: GcReport) -> None
     report.missing = sorted(missing)
 
 
-def _sweep(repo: Repository, report: GcReport) -> None:
+def _sweep(repo: Repository, report: GcReport, dry: tuple[set[str], set[str]] | None = None) -> None:
+    """Remove what is older than the cutoff; ``dry`` (plan_garbage's): (the referenced ids, a set
+    to fill with the stored ones), and nothing is removed: a referenced block counts as marked."""
     for kind, name, st in repo.blocks.scan():
         if st is None:
             continue
         if kind == "block":
-            path = repo.blocks.path(name)
-            if st.st_mtime >= report.cutoff:
+            if dry is not None:
+                dry[1].add(name)
+            if st.st_mtime >= report.cutoff or (dry is not None and name in dry[0]):
                 report.blocks_kept += 1
                 report.bytes_kept += st.st_size
-            elif condemn(path, report.cutoff):
+            elif dry is not None or condemn(repo.blocks.path(name), report.cutoff):
                 report.blocks_removed += 1
                 report.bytes_freed += st.st_size
             else:
@@ -111,10 +131,10 @@ def _sweep(repo: Repository, report: GcReport) -> None:
                 report.blocks_kept += 1
                 report.bytes_kept += st.st_size
         elif kind == "temp" and st.st_mtime < report.cutoff:
-            if _unlink(name):
+            if dry is not None or _unlink(name):
                 report.temps_removed += 1
                 report.bytes_freed += st.st_size
-        elif kind == "condemned":  # a GC was killed between rename and removal
+        elif kind == "condemned" and dry is None:  # a GC was killed between rename and removal
             _settle(name, _real_name(name), report.cutoff)
     for directory, _, names in os.walk(repo.index_dir()):  # indexes a killed backup left half-written
         for name in names:
@@ -123,7 +143,7 @@ def _sweep(repo: Repository, report: GcReport) -> None:
                 st = os.stat(path)
             except FileNotFoundError:
                 continue
-            if name.startswith(TEMP_PREFIX) and st.st_mtime < report.cutoff and _unlink(path):
+            if name.startswith(TEMP_PREFIX) and st.st_mtime < report.cutoff and (dry is not None or _unlink(path)):
                 report.temps_removed += 1
                 report.bytes_freed += st.st_size
 
