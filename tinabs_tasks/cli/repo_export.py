@@ -16,6 +16,7 @@ import os
 from tinabs_tasks.cli.common import UserError, human_bytes, printable
 from tinabs_tasks.cli.repo import opened, print_json, problem
 from tinabs_tasks.repo.atomic import fsync_dir, temp_name
+from tinabs_tasks.repo.configured import OtherRepository, check_recorded
 from tinabs_tasks.repo.errors import RepoCorrupt, RepoError
 from tinabs_tasks.repo.index import BackupNotFound, InvalidBackupId, load_index
 from tinabs_tasks.repo.xva_rebuild import write_xva_file
@@ -82,9 +83,11 @@ def _resolve(dest: str, repo, name: str) -> tuple[str, str | None, dict | None]:
     where = manifest.get("repository") if isinstance(manifest.get("repository"), dict) else {}
     if not isinstance(backup_id, str):
         raise UserError(f"{path}: the manifest names no backup id; it is damaged")
-    if where.get("id") and where["id"] != repo.config.id:
-        raise UserError(f"backup {backup_id} is in the repository at {where.get('path')} (id {where['id']}), not "
-                        f"the configured one at {repo.path} (id {repo.config.id}); point [repository] path at it")
+    if where.get("id"):  # (a manifest without one is checked by its sha256 against the export)
+        try:
+            check_recorded(repo, where)
+        except OtherRepository as exc:
+            raise UserError(f"backup {backup_id}: {exc}") from None
     return backup_id, path, manifest
 
 

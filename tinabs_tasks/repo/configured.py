@@ -19,6 +19,10 @@ class NoRepository(RepoError):
     """The config has no ``[repository]`` table."""
 
 
+class OtherRepository(RepoError):
+    """The configured repository is not the one a backup was written to."""
+
+
 def open_configured(repo_cfg) -> Repository:
     """The repository of ``repo_cfg`` (a RepositoryConfig, or None), its key checked first:
     NoRepository, NotInitialised, KeyMissing, KeyUnusable, WrongKey or RepoError, each a one-line fix."""
@@ -35,4 +39,20 @@ def open_configured(repo_cfg) -> Repository:
     if (repo_cfg.compression, repo_cfg.level) != (made.compression, made.level):
         repo = Repository(repo.path, dataclasses.replace(made, compression=repo_cfg.compression,
                                                          level=repo_cfg.level), key)
+    return repo
+
+
+def check_recorded(repo: Repository, recorded: dict) -> None:
+    """OtherRepository unless ``recorded`` (a manifest's ``repository``: {"path", "id"}) names
+    ``repo``: a backup's id means nothing in another repository."""
+    if recorded.get("id") != repo.config.id:
+        raise OtherRepository(f"the backup is in repository {recorded.get('id')} at {recorded.get('path')}, but "
+                              f"the config's [repository] at {repo.path} is repository {repo.config.id}; point "
+                              "[repository] path at the backup's repository")
+
+
+def open_recorded(repo_cfg, recorded: dict) -> Repository:
+    """``open_configured``, then ``check_recorded``: the repository a manifest names, opened here."""
+    repo = open_configured(repo_cfg)
+    check_recorded(repo, recorded)
     return repo

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 
-from tinabs_tasks.repo.configured import open_configured
+from tinabs_tasks.repo.configured import OtherRepository, open_recorded
 from tinabs_tasks.repo.errors import RepoError
 from tinabs_tasks.repo.index import load_index
 from tinabs_tasks.storage import catalog
@@ -81,13 +81,11 @@ def _open_repo_backup(path: str, backup: dict, repo_cfg) -> dict:
     """``backup`` with its repository opened (this config's key) and its index loaded and checked."""
     recorded = backup["manifest"].get("repository") or {}
     try:
-        repo = open_configured(repo_cfg)
+        repo = open_recorded(repo_cfg, recorded)
+    except OtherRepository as exc:
+        raise BadBackup(f"{path}: {exc}") from None
     except RepoError as exc:
         raise BadBackup(f"{path}: its repository {recorded.get('path')} cannot be opened: {exc}") from None
-    if recorded.get("id") != repo.config.id:
-        raise BadBackup(f"{path}: the backup is in repository {recorded.get('id')} at {recorded.get('path')}, but the "
-                        f"config's [repository] at {repo.path} is repository {repo.config.id}; point "
-                        "[repository] path at the backup's repository")
     try:
         index = load_index(repo, backup["backup_id"])
     except RepoError as exc:

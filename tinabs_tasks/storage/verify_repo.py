@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from tinabs_tasks.repo.configured import open_configured
+from tinabs_tasks.repo.configured import OtherRepository, open_recorded
 from tinabs_tasks.repo.errors import RepoError
 from tinabs_tasks.repo.index import load_index
 from tinabs_tasks.repo.xva_rebuild import rebuild_xva
@@ -42,15 +42,13 @@ def walk(manifest: dict, problems, report, repo_cfg):
         problems.add(f"manifest names no repository backup (backup_id: {backup_id!r})")
         return None
     try:
-        repo = open_configured(repo_cfg)
+        repo = open_recorded(repo_cfg, recorded)
+    except OtherRepository as exc:
+        problems.add(f"backup {backup_id}: {exc}; not verified (no verdict recorded)")
+        return NOT_HERE
     except RepoError as exc:
         problems.add(f"the repository cannot be opened here, so backup {backup_id} was not verified "
                      f"(no verdict recorded): {exc}")
-        return NOT_HERE
-    if recorded.get("id") != repo.config.id:
-        problems.add(f"backup {backup_id} is in repository {recorded.get('id')} at {recorded.get('path')}, but "
-                     f"the config's [repository] at {repo.path} is repository {repo.config.id}; not verified "
-                     "(no verdict recorded)")
         return NOT_HERE
     try:
         index = load_index(repo, backup_id)
