@@ -34,8 +34,7 @@ def run(env, ctx: dict) -> dict:
     if earlier:
         ctx["result"] = earlier
         return ctx
-    needed = xva_size([tuple(d) for d in ctx["estimate_disks"]]) if ctx.get("estimate_disks") \
-        else expected_size(xapi, ctx)  # (a run started before the snapshot stage recorded them)
+    needed = estimated_size(xapi, ctx)
     assert_room(dest, needed, reserve)
     with slots.hold(ctx["run"], "export", park=("export", ctx)) as beat:
         began = time.time()
@@ -45,6 +44,14 @@ def run(env, ctx: dict) -> dict:
     ctx["result"] = {"path": paths["data"], "manifest": paths["manifest"], "size": size, "sha256": digest,
                      "estimated_size": needed}
     return ctx
+
+
+def estimated_size(xapi, ctx: dict) -> int:
+    """What the run's .xva will take, from the disks the snapshot stage recorded (or, for a run
+    started before it recorded them, from the backup VM's disks)."""
+    if ctx.get("estimate_disks"):
+        return xva_size([tuple(d) for d in ctx["estimate_disks"]])
+    return expected_size(xapi, ctx)
 
 
 def expected_size(xapi, ctx: dict) -> int:

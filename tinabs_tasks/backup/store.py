@@ -21,7 +21,7 @@ import os
 import shutil
 import time
 
-from tinabs_tasks.backup.export import assert_writable, expected_size, xva_size
+from tinabs_tasks.backup.export import assert_writable, estimated_size
 from tinabs_tasks.repo import index as repo_index
 from tinabs_tasks.repo.configured import open_configured
 from tinabs_tasks.repo.errors import RepoError, RepoFull
@@ -53,17 +53,16 @@ def run(env, ctx: dict) -> dict:
     assert_writable(dest)
     repo = _open(env.repository)
     bid = backup_id(ctx)
-    done = _indexed_earlier(repo, bid, ctx)
-    if done is None:
+    index = _indexed_earlier(repo, bid, ctx)
+    transfer_s, estimate = 0.0, None  # (an earlier attempt's stream: not timed here)
+    if index is None:
         _assert_room(repo.path, env.reserve_free_bytes)
-        estimate = xva_size([tuple(d) for d in ctx["estimate_disks"]]) if ctx.get("estimate_disks") \
-            else expected_size(xapi, ctx)
+        estimate = estimated_size(xapi, ctx)
         with slots.hold(ctx["run"], "export", park=("store", ctx)) as beat:
             began = time.time()
-            done = _stream(xapi, repo, bid, ctx, report, beat, env.repository.store_threads)
-            done.figures["transfer_s"] = round(time.time() - began, 3)
-            done.figures["estimated_size"] = estimate
-    ctx["result"] = _write_manifest(ctx, paths, repo, done, xapi)
+            index = _stream(xapi, repo, bid, ctx, report, beat, env.repository.store_threads)
+            transfer_s = round(time.time() - began, 3)
+    ctx["result"] = _write_manifest(ctx, paths, repo, index, xapi, transfer_s, estimate)
     return ctx
 
 
@@ -140,19 +139,19 @@ def _storing(repo):
                                "the worker may write there") from None
 
 
-def _write_manifest(ctx: dict, paths: dict, repo, index, xapi) -> dict:
+def _write_manifest(ctx: dict, paths: dict, repo, index, xapi, transfer_s: float, estimate: int | None) -> dict:
     figures = index.figures
-    stored = int(figures.get("stored_bytes", 0)) + int(getattr(index, "sealed_bytes", 0) or 0)
     extra = {"backup_id": index.backup_id,
              "repository": {"path": repo.path, "id": repo.config.id},
-             **{k: int(figures.get(k, 0)) for k in FIGURES}, "stored_bytes": stored,
-             "index_bytes": int(getattr(index, "sealed_bytes", 0) or 0)}
+             **{k: int(figures.get(k, 0)) for k in FIGURES},
+             "stored_bytes": int(figures.get("stored_bytes", 0)) + index.sealed_bytes,  # the index is new bytes too
+             "index_bytes": index.sealed_bytes}
     try:
         os.makedirs(paths["dir"], exist_ok=True)
         manifest.write(ctx, paths, size=int(figures["stream_bytes"]), sha256=figures["stream_sha256"],
-                       transfer_s=float(figures.get("transfer_s", 0.0)), xapi=xapi, extra=extra)
+                       transfer_s=transfer_s, xapi=xapi, extra=extra)
     except OSError as exc:
         raise DestinationError(f"destination {paths['dir']}: {exc.strerror or exc}") from None
     return {"path": None, "manifest": paths["manifest"], "size": int(figures["stream_bytes"]),
-            "sha256": figures["stream_sha256"], "estimated_size": figures.get("estimated_size"),
+            "sha256": figures["stream_sha256"], "estimated_size": estimate,
             "backup_id": index.backup_id, **{k: extra[k] for k in FIGURES}}

@@ -99,11 +99,12 @@ def preview(pool: str, selector: dict, mode: str) -> dict:
     except Exception as exc:
         return {"pool": pool, "reachable": False, "error": _error(pool, exc), "vms": [], "notes": []}
     vms = []
+    sr_copy = mode == "sr-copy"  # export and repo modes stream the same XVA (repo: before dedup)
     for vm in chosen:
         est = inv.get(vm["uuid"], {}).get("estimate", {"export": 0, "sr_copy_destination": 0, "sr_copy_backup_sr": 0})
         vms.append({**vm, "host": inv.get(vm["uuid"], {}).get("host"),
-                    "destination_bytes": est["export"] if mode == "export" else est["sr_copy_destination"],
-                    "backup_sr_bytes": 0 if mode == "export" else est["sr_copy_backup_sr"]})
+                    "destination_bytes": est["sr_copy_destination"] if sr_copy else est["export"],
+                    "backup_sr_bytes": est["sr_copy_backup_sr"] if sr_copy else 0})
     return {"pool": pool, "reachable": True, "vms": vms, "notes": notes}
 
 

@@ -137,9 +137,8 @@ class Console:
         """What the job would back up now, per pool (plan.select on a worker), with estimates.  A repo
         backup streams what an export writes into the repository, before deduplication and
         compression: its estimate is the export's (at most what the repository receives)."""
-        asked = "export" if mode == "repo" else mode
         per_pool = [{"vms": [], "notes": [], **data}
-                    for _p, data in sorted(self.ask("tinabs.preview", pools, lambda p: (p, selector, asked)).items())]
+                    for _p, data in sorted(self.ask("tinabs.preview", pools, lambda p: (p, selector, mode)).items())]
         vms = [vm for p in per_pool for vm in p["vms"]]
         return {"pools": per_pool, "vm_count": len(vms), "what": describe(selector),
                 "destination_bytes": sum(v["destination_bytes"] for v in vms),
