@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import os
 
+from tinabs_tasks.backup import store
 from tinabs_tasks.repo import index as repo_index
 from tinabs_tasks.storage import destination
 from tinabs_tasks.xapi import markers
@@ -90,7 +91,7 @@ def remove_files(ctx: dict, dest: str, repository: str | None = None) -> list[st
     found += glob.glob(glob.escape(base) + "*.partial")
     destination.remove_quietly(*found)
     if ctx["mode"] == "repo" and repository:
-        bid = os.path.basename(base)
+        bid = store.backup_id(ctx)
         if repo_index.remove_index_file(repository, bid):
             found.append(f"{repository} index {bid}")
     return found
