@@ -5,7 +5,7 @@ import json
 import sys
 
 from tinabs_tasks.reports.summary import stored as stored_report
-from tinabs_tasks.runs.job_view import summary
+from tinabs_tasks.runs.job_view import backup_name, summary
 from tinabs_tasks.cli.common import UserError, human_bytes, job_store, load_config
 
 
@@ -45,7 +45,7 @@ def render(job: dict) -> str:
     header = f"{'POOL':<10} {'VM':<20} {'STATE':<10} {'STAGE':<22} {'BYTES':>10} {'RATE':>11}  DETAIL"
     lines.append(header)
     for r in job["runs"]:
-        detail = r.get("error", "") if r["state"] in ("failed", "failing", "retrying") else backup_name(r)
+        detail = r.get("error", "") if r["state"] in ("failed", "failing", "retrying") else _backup_detail(r)
         rate = f"{human_bytes(r.get('rate'))}/s" if r.get("rate") and r["state"] == "running" else ""
         progress = r.get("progress")
         stage = r.get("stage", "")
@@ -80,7 +80,7 @@ def _report_lines(job: dict) -> list[str]:
     return lines
 
 
-def backup_name(run: dict) -> str:
+def _backup_detail(run: dict) -> str:
     """What names a run's backup: its file, or for a repository backup (whose ``path`` is its
     manifest) its id and what it added to the repository (deduplication makes that far less
     than its size)."""
@@ -88,7 +88,7 @@ def backup_name(run: dict) -> str:
         stored = run.get("stored_bytes")
         added = f" ({human_bytes(stored)} new in the repository)" if stored not in (None, "") else ""
         return f"repository backup {run['backup_id']}{added}"
-    return run.get("path", "")
+    return backup_name(run)
 
 
 def _size(run: dict) -> str:

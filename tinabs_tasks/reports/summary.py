@@ -14,6 +14,7 @@ import time
 
 from tinabs_tasks.runs import keys
 from tinabs_tasks.runs.human import human_bytes
+from tinabs_tasks.runs.job_view import backup_name
 from tinabs_tasks.backup.selection import describe
 
 #: write the report only while the job's hash exists: a late write never re-creates an
@@ -60,8 +61,7 @@ def _vm(run: dict) -> dict:
         "error": None if ok else (run.get("error") or None),
         "failed_stage": None if ok else run.get("failed_stage"),
         "retries": _int(run.get("retries")) or 0,
-        # a repository backup's run path is its manifest: its id is what names it
-        "backup": (run.get("backup_id") or run.get("path")) if ok else None,
+        "backup": (backup_name(run) or None) if ok else None,
         # repo mode: the backup's id, and the bytes it added to the repository (its new blocks)
         "backup_id": run.get("backup_id") if ok else None,
         "stored_bytes": _int(run.get("stored_bytes")) if ok else None,

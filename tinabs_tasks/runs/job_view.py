@@ -14,3 +14,9 @@ def summary(job: dict) -> dict:
     what = ", ".join(f"{k}={v}" for k, v in job["selector"].items())
     return {"id": job["id"], "created": created, "state": state, "succeeded": ok, "total": len(runs),
             "what": f"{what} mode={job['mode']} pools={','.join(job['pools'])}"}
+
+
+def backup_name(run: dict) -> str:
+    """What names a succeeded run's backup for people: a repository backup's id (its ``path`` is
+    its manifest; `tinabs restore`/`verify` take the id), else its file."""
+    return run.get("backup_id") or run.get("path", "")

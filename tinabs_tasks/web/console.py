@@ -18,6 +18,7 @@ from tinabs_tasks.runs.store import JobStore, RunState
 from tinabs_tasks.runs.jobstart import check_pools, start_job
 from tinabs_tasks.runs import requests
 from tinabs_tasks.runs.redis_client import client
+from tinabs_tasks.runs.job_view import backup_name
 from tinabs_tasks.schedule.times import WEEKDAYS
 from tinabs_tasks.backup.modes import MODES
 from tinabs_tasks.backup.selection import describe
@@ -168,8 +169,7 @@ class Console:
                 "bytes": int(r.get("bytes") or 0) if state == RunState.RUNNING else int(r.get("size") or 0),
                 "rate": int(r.get("rate") or 0) if state == RunState.RUNNING else 0,
                 "error": r.get("error", "") if state in ("failed", "failing", "retrying") else "",
-                # what names the backup: a repository backup's id (its path is its manifest), or its file
-                "path": (r.get("backup_id") or r.get("path", "")) if state == RunState.SUCCEEDED else "",
+                "path": backup_name(r) if state == RunState.SUCCEEDED else "",
                 "stored_bytes": int(r["stored_bytes"]) if r.get("stored_bytes") else None,
                 "flower": self.flower_task(r.get("task_id")),
             })
