@@ -17,16 +17,35 @@ def tinabs_objects(state: dict) -> dict[str, list[tuple[str, str, dict]]]:
     return found
 
 
+def _kept(cls: str, rec: dict) -> bool:
+    other = rec["other_config"]
+    return cls == "VDI" and other.get("tinabs:keep") == "true" and other.get("tinabs:role") in ("system-copy", "base")
+
+
 def litter(state: dict) -> dict[str, list]:
-    """tinabs objects that should not exist: anything but kept sr-copy VDIs."""
+    """tinabs objects that should not exist: anything but kept sr-copy VDIs and one base
+    snapshot per VM (a second base of a VM is litter)."""
     out = {}
     for cls, objects in tinabs_objects(state).items():
-        bad = [o for o in objects
-               if not (cls == "VDI" and o[2]["other_config"].get("tinabs:role") == "system-copy"
-                       and o[2]["other_config"].get("tinabs:keep") == "true")]
+        bad = [o for o in objects if not _kept(cls, o[2])]
+        seen: set[tuple[str, str]] = set()
+        for pool, ref, rec in objects:
+            if _kept(cls, rec) and rec["other_config"].get("tinabs:role") == "base":
+                key = (pool, rec["other_config"].get("tinabs:vm", ""))
+                if key in seen:
+                    bad.append((pool, ref, rec))
+                seen.add(key)
         if bad:
             out[cls] = [(pool, rec.get("name_label")) for pool, _, rec in bad]
     return out
+
+
+def bases(state: dict) -> list[dict]:
+    """Every base snapshot on every pool: {pool, vm, backup, uuid, snapshot_of}."""
+    return [{"pool": pool, "vm": rec["other_config"].get("tinabs:vm"), "backup": rec["other_config"].get("tinabs:base"),
+             "uuid": rec["uuid"], "snapshot_of": rec.get("snapshot_of")}
+            for pool, _ref, rec in tinabs_objects(state).get("VDI", [])
+            if rec["other_config"].get("tinabs:role") == "base"]
 
 
 def backupable_vms(state: dict, pool: str) -> list[dict]:

@@ -1,6 +1,8 @@
 """Stage 7 and compensation: remove what a run made on the pool, by marker.
 
-``run`` (after success): keeps the sr-copy VDI (marked keep), destroys the
+``run`` (after success): in repo and sr-copy modes first makes the run's snapshot the VM's
+base (``xapi/bases.py``: it stops being the run's, so nothing removes it as litter) and only
+then destroys the VM's older base; keeps the sr-copy VDI (marked keep), destroys the
 backup VM and every other VDI of the run.  It finds them by the names the run
 gave them (``markers.name``: each carries the run id; a cheap name lookup, where
 reading every record of a large pool is not), plus the refs in the context.  Compensation (after a failure):
@@ -12,22 +14,31 @@ and safe from any worker, twice in a row, or after a crash.
 from __future__ import annotations
 
 import glob
+import logging
 import os
 
 from tinabs_tasks.backup import store
 from tinabs_tasks.repo import index as repo_index
 from tinabs_tasks.storage import destination
+from tinabs_tasks.xapi import bases
 from tinabs_tasks.xapi import markers
 from tinabs_tasks.xapi import run_objects
+
+log = logging.getLogger("tinabs")
+#: the modes whose snapshot is kept as the VM's base after a good backup
+INCREMENTAL_MODES = ("repo", "sr-copy")
 
 
 def run(env, ctx: dict) -> dict:
     xapi = env.xapi
     x = xapi.x
+    base = _keep_base(x, ctx) if ctx["mode"] in INCREMENTAL_MODES else None
     vdis = _named(xapi, "VDI", ctx, _vdi_labels(ctx), ("snapshot", "system_disk", "system_copy"))
     copy_label = markers.name(ctx, "system copy")
     records = {}
     for ref, label in vdis.items():
+        if ref == base:
+            continue
         kept = label == copy_label
         if kept and _keep(x, ref) is run_objects.GONE:
             continue
@@ -35,6 +46,24 @@ def run(env, ctx: dict) -> dict:
     vms = _named(xapi, "VM", ctx, [markers.name(ctx, "backup")], ("backup_vm",))
     remove_pool_objects(xapi, ctx["run"], vdis=records, vms=list(vms))
     return ctx
+
+
+def _keep_base(x, ctx: dict) -> str | None:
+    """Make the run's snapshot the VM's base (its backup is complete: cleanup runs after the
+    manifest), then destroy the VM's older bases; the base's ref (None: nothing to keep)."""
+    snap = ctx.get("refs", {}).get("snapshot")
+    m = destination.read_manifest(ctx.get("result", {}).get("manifest") or "") or {}
+    if not snap or m.get("run") != ctx["run"]:
+        return None
+    if run_objects.unless_gone(x.VDI.get_uuid, snap) is run_objects.GONE:
+        log.warning("run %s: its snapshot is gone from the pool; %s's next backup will be full",
+                    ctx["run"], ctx["vm"]["name"])
+        return None
+    copies = m.get("copied_vdis") or [{}]
+    bases.promote(x, snap, ctx, store.backup_id(ctx), ctx["mode"], chain=int(m.get("chain") or 0),
+                  repository=(m.get("repository") or {}).get("id"), copy_uuid=copies[0].get("uuid"))
+    bases.retire_others(x, ctx["refs"]["system_vdi"], ctx["vm"]["uuid"], snap, scan=bool(m.get("stray_bases")))
+    return snap
 
 
 def _keep(x, copy: str):

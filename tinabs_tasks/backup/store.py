@@ -17,10 +17,12 @@ for GC (another backup may share them).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import time
 
+from tinabs_tasks.backup import incremental, store_delta
 from tinabs_tasks.backup.export import assert_writable, estimated_size
 from tinabs_tasks.repo import index as repo_index
 from tinabs_tasks.repo.configured import open_configured
@@ -35,6 +37,7 @@ from tinabs_tasks.xapi.errors import DestinationError, StreamCut
 #: what one backup's blocks in flight and its index take at most (its new blocks are unknown
 #: before they arrive: deduplication decides); a disk filling up later fails the run the same way
 MIN_FREE_BYTES = 256 << 20
+log = logging.getLogger("tinabs")
 FIGURES = ("logical_bytes", "transferred_bytes", "stored_bytes", "new_blocks", "reused_blocks")
 
 
@@ -58,9 +61,19 @@ def run(env, ctx: dict) -> dict:
     if index is None:
         _assert_room(repo.path, env.reserve_free_bytes)
         estimate = estimated_size(xapi, ctx)
+        plan, prev = store_delta.plan(env, ctx, repo)
+        threads = env.repository.store_threads
         with slots.hold(ctx["run"], "export", park=("store", ctx)) as beat:
             began = time.time()
-            index = _stream(xapi, repo, bid, ctx, report, beat, env.repository.store_threads)
+            if plan.incremental:
+                try:
+                    index = store_delta.stream_delta(xapi, repo, bid, ctx, report, beat, threads, plan, prev,
+                                                     _meta(ctx, plan))
+                except store_delta.DeltaRefused as exc:
+                    log.warning("run %s: %s; backing up %s in full", ctx["run"], exc, ctx["vm"]["name"])
+                    plan = incremental.full(str(exc), plan.stray_bases)
+            if not plan.incremental:
+                index = _stream(xapi, repo, bid, ctx, report, beat, threads, _meta(ctx, plan))
             transfer_s = round(time.time() - began, 3)
     ctx["result"] = _write_manifest(ctx, paths, repo, index, xapi, transfer_s, estimate)
     return ctx
@@ -98,9 +111,14 @@ def _assert_room(path: str, reserve: int) -> None:
                                "space, prune old backups (tinabs prune) and run `tinabs repo gc`")
 
 
-def _stream(xapi, repo, bid: str, ctx: dict, report, beat, threads: int):
-    meta = {"run": ctx["run"], "job": ctx["job"], "pool": ctx["pool"], "stamp": ctx["stamp"],
-            "vm": {"uuid": ctx["vm"]["uuid"], "name": ctx["vm"]["name"]}}
+def _meta(ctx: dict, plan) -> dict:
+    """What the index records of its backup (``kind``: how it was taken, for its manifest)."""
+    return {"run": ctx["run"], "job": ctx["job"], "pool": ctx["pool"], "stamp": ctx["stamp"],
+            "vm": {"uuid": ctx["vm"]["uuid"], "name": ctx["vm"]["name"]},
+            "kind": {**plan.fields(), "stray_bases": plan.stray_bases}}
+
+
+def _stream(xapi, repo, bid: str, ctx: dict, report, beat, threads: int, meta: dict):
     splitter = XvaSplitter(repo, bid, meta=meta, threads=threads)
 
     def write(chunk) -> None:
@@ -141,7 +159,9 @@ def _storing(repo):
 
 def _write_manifest(ctx: dict, paths: dict, repo, index, xapi, transfer_s: float, estimate: int | None) -> dict:
     figures = index.figures
-    extra = {"backup_id": index.backup_id,
+    kind = {k: v for k, v in (index.meta.get("kind") or {}).items()
+            if (k in manifest.KIND_FIELDS and v is not None) or (k == "stray_bases" and v)}
+    extra = {"backup_id": index.backup_id, **kind,
              "repository": {"path": repo.path, "id": repo.config.id},
              **{k: int(figures.get(k, 0)) for k in FIGURES},
              "stored_bytes": int(figures.get("stored_bytes", 0)) + index.sealed_bytes,  # the index is new bytes too
@@ -154,4 +174,4 @@ def _write_manifest(ctx: dict, paths: dict, repo, index, xapi, transfer_s: float
         raise DestinationError(f"destination {paths['dir']}: {exc.strerror or exc}") from None
     return {"path": None, "manifest": paths["manifest"], "size": int(figures["stream_bytes"]),
             "sha256": figures["stream_sha256"], "estimated_size": estimate,
-            "backup_id": index.backup_id, **{k: extra[k] for k in FIGURES}}
+            "backup_id": index.backup_id, **{k: extra[k] for k in FIGURES}, **kind}

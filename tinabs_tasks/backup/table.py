@@ -28,6 +28,8 @@ class StageEnv:
     again: bool = False
     #: [repository] (a RepositoryConfig; None without one): where repo mode stores
     repository: object = None
+    #: [retention] full_every: a full backup after this many incremental ones (0: never forced)
+    full_every: int = 0
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""`tinabs backup (--tag T | --vm NAME | --all) [--pool P] [--mode M] [--wait] [--json]`.
+"""`tinabs backup (--tag T | --vm NAME | --all) [--pool P] [--mode M] [--full] [--wait] [--json]`.
 
 The producer only talks to the broker: it records the job, sends one `plan`
 task per pool (to that pool's queue), and with --wait follows the job's state
@@ -33,6 +33,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--pool", action="append", help="only this pool (repeatable; default: all)")
     parser.add_argument("--mode", choices=MODES, help="export (.xva), sr-copy or repo (the repository) "
                         "(default: each pool's mode, else default_mode)")
+    parser.add_argument("--full", action="store_true", help="full backups even where an incremental one could "
+                        "be taken (repo and sr-copy modes build on each VM's base otherwise)")
     parser.add_argument("--wait", action="store_true", help="follow progress until every VM is done")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--timeout", type=float, default=0, help="with --wait: give up after this many seconds")
@@ -46,7 +48,7 @@ def run(args) -> int:
     if "repo" in modes.values():
         check_repository(cfg)  # a wrong or missing key, or no repository: said now, before any work
     store = job_store(cfg)
-    job_id = start_job(cfg, store, selector, args.mode, pools)
+    job_id = start_job(cfg, store, selector, args.mode, pools, full="--full" if args.full else None)
     mode = describe_modes(modes)
     if not args.wait:
         print(json.dumps({"job": job_id}) if args.json else f"job {job_id} queued; `tinabs status {job_id}`")

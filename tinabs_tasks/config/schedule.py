@@ -100,9 +100,18 @@ class _Timed(_Switch):
 
 
 class _Backup(Table):
-    """What a backup entry backs up: ``mode`` (else the file's default_mode) and ``pools`` (else all)."""
+    """What a backup entry backs up: ``mode`` (else the file's default_mode) and ``pools`` (else all);
+    ``full = true``: full backups even where an incremental one could be taken (a weekly full)."""
     mode: str | None = None
     pools: tuple[str, ...] = ()
+    full: bool = False
+
+    @field_validator("full", mode="before")
+    @classmethod
+    def _full(cls, value):
+        if not isinstance(value, bool):
+            raise problem("full must be true or false")
+        return value
 
     _mode = validator(one_of, "mode", choices=MODES)
 
@@ -134,7 +143,7 @@ class DailyTable(_Backup, _Switch):
         hour, minute = self.at.split(":")
         return BackupSchedule(name="daily", when=When(cron=f"{int(minute)} {int(hour)} * * *"),
                               selector={"weekday": True}, mode=self.mode or default_mode, mode_given=self.mode is not None, pools=self.pools,
-                              enabled=self.enabled, at=self.at)
+                              enabled=self.enabled, at=self.at, full=self.full)
 
 
 class _Named(_Timed):
@@ -184,7 +193,7 @@ class BackupTable(_Backup, _Named):
     def build(self, default_mode: str) -> BackupSchedule:
         selector = {"all": True} if self.all else {"tag": self.tag} if self.tag is not None else {"vm": self.vm}
         return BackupSchedule(name=self.name, when=self.when, selector=selector, mode=self.mode or default_mode, mode_given=self.mode is not None,
-                              pools=self.pools, enabled=self.enabled)
+                              pools=self.pools, enabled=self.enabled, full=self.full)
 
 
 class VerifyTable(_Named):

@@ -44,6 +44,8 @@ class BackupSchedule(Record):
     pools: tuple[str, ...] = ()  # () = every configured pool
     enabled: bool = True
     at: str | None = None  # the daily entry's "HH:MM"
+    #: full backups even where an incremental one could be taken
+    full: bool = False
 
     @property
     def beat_name(self) -> str:
@@ -78,7 +80,7 @@ def describe_backup(b: BackupSchedule) -> str:
         which = f"the VM {b.selector['vm']}"
     else:
         which = "every VM"
-    return f"back up {which} on {', '.join(b.pools) if b.pools else 'every pool'} ({b.mode})"
+    return f"back up {which} on {', '.join(b.pools) if b.pools else 'every pool'} ({b.mode}{', full' if b.full else ''})"
 
 
 def human_interval(seconds: int) -> str:

@@ -62,11 +62,14 @@ class LimitsConfig(_Numbers):
 
 class RetentionConfig(_Numbers):
     """How many backups of each VM ``tinabs prune`` keeps (restic-like; 0 = rule unused)."""
-    integers: ClassVar[tuple[str, ...]] = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly")
+    integers: ClassVar[tuple[str, ...]] = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly", "full_every")
     keep_last: int = 0
     keep_daily: int = 0
     keep_weekly: int = 0
     keep_monthly: int = 0
+    #: incremental modes (repo, sr-copy): a full backup when the last one and the incremental
+    #: backups since make this many (7: one full in every 7 nights); 0: only when needed
+    full_every: int = 0
     #: apply the policy to a VM right after each of its good backups (else only `tinabs prune`)
     after_backup: bool = True
 

@@ -33,8 +33,10 @@ def describe_modes(modes: dict[str, str]) -> str:
 
 
 def start_job(cfg: config_mod.Config, store, selector: dict, mode: str | None, pools: list[str],
-              once_key: str | None = None) -> str:
+              once_key: str | None = None, full: str | None = None) -> str:
     """Record the job and send its plans; the job id.  ``mode`` None: each pool's own mode.
+    ``full``: who asked for full backups (``--full``, a schedule entry), None: incremental where
+    a mode and a VM's base allow.
 
     With ``once_key`` (a scheduled tick's task id), a second call with the same key — the
     tick's task delivered again — sends the same job's plans again instead of starting a second
@@ -50,5 +52,5 @@ def start_job(cfg: config_mod.Config, store, selector: dict, mode: str | None, p
             # can do that): follow the first; ours stays an empty record until its TTL
             job_id = store.r.get(once_key)
     for name in pools:
-        requests.plan(job_id, name, selector, modes[name])
+        requests.plan(job_id, name, selector, modes[name], full)
     return job_id

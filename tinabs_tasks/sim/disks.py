@@ -251,6 +251,33 @@ class OverlayContent(Content):
             self._file.close()
 
 
+class GrownContent(Content):
+    """A disk grown by ``VDI.resize``: its bytes, then zeros (a VHD's new blocks are unallocated)."""
+
+    def __init__(self, base: Content, size: int):
+        self.base, self.size = base, size
+        self.lineage = base.lineage
+        base.children += 1
+
+    @property
+    def parent(self) -> Content:
+        return self.base
+
+    def layer_chunks(self) -> set[int]:
+        return set()
+
+    def chunk(self, k: int) -> bytes:
+        length = self.chunk_length(k)
+        data = self.base.chunk(k) if k < self.base.chunk_count() and self.base.size else b""
+        return data + ZERO_CHUNK[: length - len(data)]
+
+    def chunk_is_zero(self, k: int) -> bool:
+        return k >= self.base.chunk_count() or not self.base.size or self.base.chunk_is_zero(k)
+
+    def candidate_chunks(self) -> list[int] | None:
+        return self.base.candidate_chunks()
+
+
 def seeded_bytes(seed: int, offset: int, length: int) -> bytes:
     """The bytes a seeded write puts at [offset, offset+length): a function of (seed, position)
     only, so two writes with one seed agree wherever they overlap."""

@@ -6,8 +6,8 @@ A fault spec is a JSON object (or a list of them).  Exactly one trigger:
     fires when that XAPI message runs (sync or ``Async.``; for an Async call
     the error fails the task, as a real backend failure would).
 ``{"handler": "/export", ...}``
-    fires on an HTTP handler: ``/export``, ``/export_metadata``, ``/import``,
-    ``/import_metadata``.
+    fires on an HTTP handler: ``/export``, ``/export_metadata``, ``/export_raw_vdi``,
+    ``/import``, ``/import_metadata``.
 ``{"expire_sessions": true}``
     expires every session now (clients see ``SESSION_INVALID``); not stored.
 
@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from tinabs_tasks.sim import datamodel
 from tinabs_tasks.sim.errors import XapiError
 
-HANDLERS = ("/export", "/export_metadata", "/import", "/import_metadata")
+HANDLERS = ("/export", "/export_metadata", "/export_raw_vdi", "/import", "/import_metadata")
 _KEYS = {"method", "handler", "expire_sessions", "error", "delay_s", "drop_after_bytes", "times", "pool", "arg"}
 
 

@@ -9,6 +9,11 @@ from tinabs_tasks.storage import destination
 FORMAT = 1
 #: what a repo backup's manifest adds (backup/store.py), and its result carries
 REPO_FIELDS = ("backup_id", "logical_bytes", "transferred_bytes", "stored_bytes", "new_blocks", "reused_blocks")
+#: what an incremental-capable backup (repo, sr-copy) records of how it was taken: ``backup_kind``
+#: "incremental" (a delta against its base: ``base_backup``, ``chain`` incrementals since the
+#: last full) or "full" (with the ``full_reason``); the run record carries them too
+KIND_FIELDS = ("backup_kind", "full_reason", "base_backup", "chain")
+RESULT_FIELDS = REPO_FIELDS + KIND_FIELDS
 
 
 def earlier_result(ctx: dict, paths: dict) -> dict | None:
@@ -18,7 +23,7 @@ def earlier_result(ctx: dict, paths: dict) -> dict | None:
         return None
     result = {"path": paths["data"], "manifest": paths["manifest"], "size": done.get("size"),
               "sha256": done.get("sha256")}
-    for key in REPO_FIELDS:
+    for key in RESULT_FIELDS:
         if key in done:
             result[key] = done[key]
     return result

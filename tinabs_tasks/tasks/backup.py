@@ -94,7 +94,7 @@ def run_id(job: str, pool: str, vm_uuid: str) -> str:
 
 @app.task(name="tinabs.plan", bind=True, acks_late=True, max_retries=None)
 def plan(self, job: str, pool: str, selector: dict, mode: str, attempt: int = 0,
-         unreachable_since: float | None = None) -> list[str]:
+         unreachable_since: float | None = None, full: str | None = None) -> list[str]:
     """Select the pool's VMs and start one run per VM (idempotent per run id)."""
     jobs = services.jobs()
     if jobs.aborted(job):
@@ -107,22 +107,23 @@ def plan(self, job: str, pool: str, selector: dict, mode: str, attempt: int = 0,
         connect.forget(pool)
         decision = decide(err, Attempts(attempt, 0, unreachable_since), Settings.of(CFG.retry), time.time())
         if isinstance(decision, WaitForPool):
-            raise self.retry(args=(job, pool, selector, mode, attempt, decision.since),
+            raise self.retry(args=(job, pool, selector, mode, attempt, decision.since), kwargs={"full": full},
                              countdown=decision.countdown, max_retries=None) from None
         if not isinstance(decision, GiveUp):
-            raise self.retry(args=(job, pool, selector, mode, attempt + 1), countdown=decision.countdown,
-                             max_retries=None) from None
+            raise self.retry(args=(job, pool, selector, mode, attempt + 1), kwargs={"full": full},
+                             countdown=decision.countdown, max_retries=None) from None
         jobs.pool_planned(job, [], [f"pool `{pool}`: could not select VMs: {err}"], failed=True)
         return []
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    runs = [rid for vm in vms if (rid := _start_run(jobs, job, pool, mode, vm, stamp, notes))]
+    runs = [rid for vm in vms if (rid := _start_run(jobs, job, pool, mode, vm, stamp, notes, full))]
     if not vms:  # (a VM skipped because another run has it matched: that is in the notes)
         notes.append(f"pool `{pool}`: no VM matches {selection.describe(selector)}")
     jobs.pool_planned(job, runs, notes)
     return runs
 
 
-def _start_run(jobs, job: str, pool: str, mode: str, vm: dict, stamp: str, notes: list[str]) -> str | None:
+def _start_run(jobs, job: str, pool: str, mode: str, vm: dict, stamp: str, notes: list[str],
+               full: str | None = None) -> str | None:
     """Claim the VM and start its run; None when an earlier job's run still has the VM."""
     rid = run_id(job, pool, vm["uuid"])
     locks = services.vm_locks()
@@ -135,6 +136,8 @@ def _start_run(jobs, job: str, pool: str, mode: str, vm: dict, stamp: str, notes
         return None
     ctx = {"job": job, "run": rid, "pool": pool, "mode": mode, "vm": vm, "stamp": stamp,
            "refs": {}, "timings": {}, "failures": {}}
+    if full:  # who asked for full backups (incremental.choose says so in the run's record)
+        ctx["full"] = full
     paths = destination.backup_paths(ctx, CFG.destination)
     # created once and claimed atomically: two deliveries of this plan never both start a run
     claimed, ctx["stamp"] = jobs.create_and_claim_run(rid, {"job": job, "pool": pool, "vm_uuid": vm["uuid"],

@@ -35,7 +35,7 @@ from tinabs_tasks.runs.progress import Reporter
 from tinabs_tasks.runs.record import RunRecord
 from tinabs_tasks.runs.retry_policy import Attempts, GiveUp, Relogin, Settings, WaitForPool, decide
 from tinabs_tasks.runs.store import RunState
-from tinabs_tasks.storage.manifest import REPO_FIELDS
+from tinabs_tasks.storage.manifest import RESULT_FIELDS
 from tinabs_tasks.tasks import services
 from tinabs_tasks.xapi import connect
 from tinabs_tasks.xapi.errors import classify
@@ -151,7 +151,7 @@ def result_fields(ctx: dict) -> dict:
     return {"path": result.get("path"), "manifest": result.get("manifest"), "size": result.get("size"),
             "sha256": result.get("sha256"), "estimated_size": result.get("estimated_size"),
             "timings": ctx.get("timings", {}),
-            **{k: result[k] for k in REPO_FIELDS if result.get(k) is not None}}
+            **{k: result[k] for k in RESULT_FIELDS if result.get(k) is not None}}
 
 
 def give_up(ctx: dict, stage: str, reason: str) -> StageFailed:

@@ -42,7 +42,8 @@ def scheduled_backup(self, entry_name: str) -> dict:
     redis = client(CFG.broker_url, outage_s=REDIS_OUTAGE_S)
     store = JobStore(redis, CFG.limits.state_ttl_s)
     once = keys.schedule_tick(self.request.id) if self.request.id else None
-    job = start_job(CFG, store, selector, entry.mode if entry.mode_given else None, pools, once_key=once)
+    job = start_job(CFG, store, selector, entry.mode if entry.mode_given else None, pools, once_key=once,
+                    full=f"schedule {entry.name}" if entry.full else None)
     last = {"job": job, "selector": selector, "mode": entry.mode, "pools": pools, "started": time.time()}
     redis.set(keys.schedule_last(entry_name), json.dumps(last), ex=CFG.limits.state_ttl_s)
     return last

@@ -56,7 +56,7 @@ def parked_backstop_s() -> float:
 def stage_env(pool: str, report, again: bool = False) -> StageEnv:
     return StageEnv(xapi=xapi(pool), report=report, slots=slots(pool), destination=CFG.destination,
                     reserve_free_bytes=CFG.limits.reserve_free_bytes, again=again,
-                    repository=CFG.repository)
+                    repository=CFG.repository, full_every=CFG.retention.full_every)
 
 
 def vm_locks() -> VmLocks:

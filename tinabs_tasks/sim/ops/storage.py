@@ -6,7 +6,7 @@ import random
 from tinabs_tasks.sim import cbt
 from tinabs_tasks.sim import disk_transfer
 from tinabs_tasks.sim.datamodel import NULL_REF
-from tinabs_tasks.sim.disks import CHUNK, SeededContent
+from tinabs_tasks.sim.disks import CHUNK, GrownContent, SeededContent
 from tinabs_tasks.sim.errors import XapiError
 from tinabs_tasks.sim.tasks import now
 from tinabs_tasks.sim.ops import Ctx, op
@@ -174,6 +174,21 @@ def vdi_copy(ctx: Ctx, vdi, sr, base_vdi, into_vdi):
     into = into_vdi if ctx.store.exists("VDI", into_vdi) else None
     base = base_vdi if ctx.store.exists("VDI", base_vdi) else None
     return copy_vdi(ctx, vdi, sr, into, base)
+
+
+@op("VDI.resize")
+def vdi_resize(ctx: Ctx, vdi, size):
+    """xapi_vdi.ml ``resize``: the SM grows the disk (a VHD's new blocks unallocated); shrinking
+    is refused by the backend, as vhd-util refuses it."""
+    src = _source(ctx, vdi)
+    size = int(size)
+    if size < int(src["virtual_size"]):
+        raise XapiError("SR_BACKEND_FAILURE_79", "", "VDI Invalid size", "shrinking a VHD is not supported")
+    ctx.pool.slow_op(ctx.task)
+    with ctx.store.lock:
+        ctx.pool.disks[vdi] = GrownContent(ctx.pool.content(vdi), size)
+    ctx.store.set("VDI", vdi, "virtual_size", size)
+    update_usage(ctx, vdi)
 
 
 @op("VDI.create")

@@ -1,0 +1,137 @@
+"""End to end: incremental repo-mode backups on real workers, a real Redis and the simulator over HTTP.
+
+Given a VM backed up once in repo mode (a full backup: no base yet), when its system disk
+drifts and it is backed up again, then the second night reads only the ova.xml and the VHD
+delta against the kept base (a few MiB, not the disk), writes a complete index, keeps exactly
+one base per VM (the new one; the old destroyed), and restoring or verifying the second night's
+backup, after more drift and a third night, gives exactly the disk as it was that night.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from helpers.pool_checks import bases, litter
+from helpers.xapi_http import guest_write
+from test_restore import POOL, check_restored, disks, restore, source, vm_by_uuid  # noqa: F401  (fixture)
+
+from tinabs_tasks.repo.index import load_index
+
+DISK_MIB = 48
+DEPLOYMENT_SIM_ARGS = ("--pools", "1", "--vms-per-pool", "3", "--disk-mib", str(DISK_MIB))
+DEPLOYMENT_REPOSITORY = True
+MiB = 1 << 20
+
+
+def night(dep, vm: dict, *extra: str) -> tuple[dict, dict, str]:
+    """A repo backup of ``vm``: (its run, its manifest, the system disk's sha256 at snapshot time,
+    read from the base the night kept)."""
+    code, job = dep.backup("--vm", vm["uuid"], "--pool", POOL, "--mode", "repo", *extra)
+    assert code == 0, json.dumps(job, indent=1)[:3000]
+    (run,) = job["runs"]
+    manifest = json.loads(Path(run["manifest"]).read_text())
+    state = dep.sim.state()
+    mine = [b for b in bases(state) if b["vm"] == vm["uuid"]]
+    assert [b["backup"] for b in mine] == [manifest["backup_id"]], mine
+    assert litter(state) == {}
+    return run, manifest, dep.sim.vdi_info(mine[0]["uuid"])["sha256"]
+
+
+def drift(dep, vm: dict, seed: int) -> None:
+    """Guest writes to three places of the system disk (one of them in the last chunk)."""
+    system = disks(dep.sim.state()["pools"][POOL], vm_by_uuid(dep.sim.state()["pools"][POOL], vm["uuid"]))["0"][1]
+    for offset in (3 * MiB + 100, 17 * MiB, DISK_MIB * MiB - 4096):
+        guest_write(dep.sim, system["uuid"], offset, b"night %d " % seed * 200)
+
+
+@pytest.fixture(scope="module")
+def nights(deployment, source):  # noqa: F811
+    dep = deployment
+    before = dep.sim.state()["pools"][POOL]
+    system = disks(before, source)["0"][1]
+    for mib in range(0, DISK_MIB, 2):  # data in half the chunks: a full night reads them all
+        guest_write(dep.sim, system["uuid"], mib * MiB, b"mib %d" % mib)
+    out = [night(dep, source)]
+    for seed in (2, 3):
+        drift(dep, source, seed)
+        out.append(night(dep, source))
+    return before, out
+
+
+def test_first_night_is_full_and_says_why(nights):
+    _before, ((run, manifest, _sha), *_rest) = nights
+    assert manifest["backup_kind"] == "full"
+    assert "first backup" in manifest["full_reason"]
+    assert run["backup_kind"] == "full" and run["full_reason"] == manifest["full_reason"]
+
+
+def test_second_night_reads_only_the_changes(deployment, nights):
+    _before, ((_r1, m1, _s1), (run, m2, _s2), _third) = nights
+    assert m2["backup_kind"] == "incremental", m2.get("full_reason")
+    assert m2["base_backup"] == m1["backup_id"] and m2["chain"] == 1
+    assert run["backup_kind"] == "incremental" and run["base_backup"] == m1["backup_id"]
+    # three 2 MiB blocks changed: the delta (and the ova.xml) only, not the disk's 24 MiB of data
+    assert m2["transferred_bytes"] < 8 * MiB < m1["transferred_bytes"], (m1["transferred_bytes"], m2["transferred_bytes"])
+    assert m2["logical_bytes"] >= m1["logical_bytes"]
+    index = load_index(deployment.open_repo(), m2["backup_id"])
+    assert index.figures["synthetic_of"] == m1["backup_id"]
+    assert index.figures["changed_chunks"] >= 3
+
+
+def test_an_incremental_backup_restores_to_the_disk_of_its_night(deployment, source, nights):  # noqa: F811
+    dep = deployment
+    before, (_first, (_run, m2, at_night2), (_r3, m3, at_night3)) = nights
+    assert at_night2 != at_night3  # the third night's drift changed the disk since
+    result = restore(dep, m2["backup_id"], "--pool", POOL)
+    check_restored(dep, result, source, before, at_night2)
+    result = restore(dep, m3["backup_id"], "--pool", POOL)
+    check_restored(dep, result, source, before, at_night3)
+
+
+def test_verify_of_an_incremental_backup_passes(deployment, nights):
+    _before, (_first, (_run, m2, _s), _third) = nights
+    proc = deployment.cli("verify", m2["backup_id"], "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def copied_bytes(dep) -> int:
+    return dep.sim.control_call("GET", "/sim/stats")[1]["pools"][POOL]["copied_bytes"]
+
+
+def sr_copy_night(dep, vm: dict) -> tuple[dict, dict, str]:
+    before = copied_bytes(dep)
+    code, job = dep.backup("--vm", vm["uuid"], "--pool", POOL, "--mode", "sr-copy")
+    assert code == 0, json.dumps(job, indent=1)[:3000]
+    (run,) = job["runs"]
+    manifest = json.loads(Path(run["manifest"]).read_text())
+    manifest["copied"] = copied_bytes(dep) - before
+    state = dep.sim.state()
+    mine = [b for b in bases(state) if b["vm"] == vm["uuid"]]
+    assert len(mine) == 1 and litter(state) == {}, (mine, litter(state))
+    return run, manifest, dep.sim.vdi_info(mine[0]["uuid"])["sha256"]
+
+
+def test_sr_copy_second_night_copies_only_the_changes(deployment, nights):
+    """sr-copy of another VM: its first night is full, the next copies only the changed blocks
+    into a clone of the last copy, and each copy is exactly its night's disk; the older copy is
+    untouched."""
+    dep = deployment
+    vm = next(v for v in dep.sim.state()["pools"][POOL]["VM"].values()
+              if not v["is_a_template"] and not v["is_control_domain"] and not v["name_label"].startswith("[tinabs]")
+              and not v["is_a_snapshot"] and v["uuid"] != nights[1][0][1]["vm"]["uuid"])
+    system = disks(dep.sim.state()["pools"][POOL], vm)["0"][1]
+    for mib in range(0, DISK_MIB, 2):
+        guest_write(dep.sim, system["uuid"], mib * MiB, b"sr-copy mib %d" % mib)
+    _r1, m1, at1 = sr_copy_night(dep, vm)
+    assert m1["backup_kind"] == "full"
+    drift(dep, vm, 7)
+    run, m2, at2 = sr_copy_night(dep, vm)
+    assert m2["backup_kind"] == "incremental" and m2["base_backup"] and m2["chain"] == 1, m2.get("full_reason")
+    assert run["backup_kind"] == "incremental"
+    assert m2["copied"] <= 8 * MiB < m1["copied"], (m1["copied"], m2["copied"])
+    copy1, copy2 = m1["copied_vdis"][0]["uuid"], m2["copied_vdis"][0]["uuid"]
+    assert copy1 != copy2
+    assert dep.sim.vdi_info(copy2)["sha256"] == at2 != at1
+    assert dep.sim.vdi_info(copy1)["sha256"] == at1
