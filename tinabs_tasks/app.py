@@ -38,7 +38,7 @@ PUBLISH_RETRY = {"max_retries": 60, "interval_start": 0, "interval_step": 0.5, "
 
 #: where a task's pool is in its arguments; tasks not named here are no one pool's (default queue)
 _POOL_FIRST = ("tinabs.restore", "tinabs.restore_test", "tinabs.prune_vm", "tinabs.janitor", "tinabs.inventory",
-               "tinabs.preview", "tinabs.verify_backup")
+               "tinabs.preview", "tinabs.verify_backup", "tinabs.bases", "tinabs.bases_forget")
 #: tasks that are no backup stage: (priority, time limit kind)
 _TASKS = {
     "tinabs.plan": (0, "stage"), "tinabs.compensate": (0, "stage"), "tinabs.restore": (0, "long"),
@@ -46,6 +46,7 @@ _TASKS = {
     "tinabs.preview": (0, "ask"), "tinabs.verify_backup": (0, "long"), "tinabs.prune_vm": (1, "stage"),
     "tinabs.prune": (1, "stage"), "tinabs.janitor": (1, "stage"), "tinabs.janitor_all": (1, "stage"),
     "tinabs.verify": (1, "long"), "tinabs.report": (1, "report"), "tinabs.repo_gc": (1, "long"),
+    "tinabs.bases": (0, "ask"), "tinabs.bases_forget": (1, "stage"),
 }
 #: a console question nobody answers within this is shown as unanswered (the console waits less)
 ASK_TIME_LIMIT_S = 60
@@ -191,7 +192,7 @@ def beat_settings(cfg: config_mod.Config) -> dict:
 def make_app(cfg: config_mod.Config | None = None) -> Celery:
     cfg = cfg or config_mod.load()
     app = Celery("tinabs", include=[f"tinabs_tasks.tasks.{m}" for m in ("backup", "restore", "upkeep", "schedule",
-                                                                        "console", "report")])
+                                                                        "console", "report", "bases")])
     app.conf.update(celery_settings(cfg))
     app.conf.update(beat_settings(cfg))
     app.tinabs_config = cfg

@@ -24,6 +24,7 @@ COMMANDS = {
     "restore": ("tinabs_tasks.cli.restore", "restore a backup into a pool"),
     "prune": ("tinabs_tasks.cli.prune", "apply the retention policy"),
     "janitor": ("tinabs_tasks.cli.janitor", "remove litter of dead runs from pools and the destination"),
+    "bases": ("tinabs_tasks.cli.bases", "list the bases kept on the pools for incremental backups; forget a VM's"),
     "schedule": ("tinabs_tasks.cli.schedule", "show the schedules beat runs and their next run times"),
     "worker": ("tinabs_tasks.cli.worker", "start a Celery worker for some or all pools"),
     "beat": ("tinabs_tasks.cli.beat", "start Celery beat (schedules, RedBeat)"),

@@ -3,7 +3,9 @@
 Sends `tinabs.janitor` to each pool's queue and waits: each removes the pool objects carrying
 tinabs markers of runs that are no longer active and older than the maximum age ([janitor]
 max_age_h, default 24), and that pool's stale `.partial` files.  Kept sr-copy disks are never
-touched (they go only through `tinabs prune`).  `--dry-run` lists what would be removed.
+touched (they go only through `tinabs prune`).  Bases (`tinabs bases`) older than the maximum age
+are removed when their VM no longer exists on the pool, or when the VM has a newer base; they are
+shown as "base VDI ..." with the reason.  `--dry-run` lists what would be removed.
 """
 from __future__ import annotations
 
@@ -46,13 +48,18 @@ def render(results: list[dict], dry_run: bool) -> str:
         pool = r.get("pool", "?")
         for o in r.get("objects", []):
             n += 1
+            if o.get("role") == "base":
+                lines.append(f"{verb}  {pool}  base VDI {o['uuid']}  {o['name']!r}  of VM {o['vm']}: "
+                             f"{o['reason']}  ({o.get('age_h')} h old)")
+                continue
             lines.append(f"{verb}  {pool}  {o['class']} {o['uuid']}  {o['name']!r}  run {o['run']}  "
                          f"({o.get('age_h')} h old)")
         for f in r.get("files", []):
             n += 1
             lines.append(f"{verb}  {pool}  file {f['path']}  run {f['run']}  ({f['age_h']} h old)")
         for s in r.get("skipped", []):
-            lines.append(f"left    {pool}  {s['class']} {s['uuid']}  {s['name']!r}: {s['why']}")
+            what = "base VDI" if s.get("role") == "base" else s["class"]
+            lines.append(f"left    {pool}  {what} {s['uuid']}  {s['name']!r}: {s['why']}")
         for e in r.get("errors", []):
             lines.append(f"ERROR   {pool}  {e.get('class', '')} {e.get('uuid', '')}  {e.get('error')}")
     lines.append(f"{n} item(s) {verb}" + (" (dry run: nothing removed)" if dry_run else ""))

@@ -22,6 +22,12 @@ crashes no errback saw: pool objects (VMs and VDIs) with tinabs markers whose ru
 never litter: they belong to backups and go only through retention.  Objects without a readable
 ``tinabs:created`` (a crash between creating and marking leaves only the name) are reported as
 skipped, never removed: their age is unknown.
+
+Bases (xapi/bases.py: kept, so never litter) have their own rule (``stale_bases``): the bases of a
+VM that no longer exists on the pool, and all but the newest of a VM that has several, are
+removed once their ``tinabs:created`` is older than the maximum age; they are listed among the
+removed objects with ``role`` "base" and the ``reason``.  A living VM's only base is never
+removed.
 """
 from __future__ import annotations
 
@@ -32,9 +38,11 @@ import time
 import XenAPI
 
 from tinabs_tasks.repo import index as repo_index
+from tinabs_tasks.storage import bases_upkeep
 from tinabs_tasks.storage import catalog
 from tinabs_tasks.storage import destination
 from tinabs_tasks.storage import retention
+from tinabs_tasks.xapi import bases as base_snapshots
 from tinabs_tasks.xapi import markers
 
 ACTIVE_STATES = ("queued", "running", "retrying", "failing")
@@ -195,6 +203,28 @@ def find_litter(xapi, is_active, max_age_s: float, now: dt.datetime | None = Non
     return {"remove": remove, "skipped": skipped}
 
 
+def stale_bases(xapi, max_age_s: float, now: dt.datetime | None = None) -> dict:
+    """``{"remove": [...], "skipped": [...]}``: the bases ``bases_upkeep.unwanted`` names, older
+    than ``max_age_s`` (items shaped like litter's, with ``role`` "base", ``reason``, ``vm`` and
+    ``base``, the backup id)."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    remove, skipped = [], []
+    for base, reason in bases_upkeep.unwanted(xapi.x):
+        item = {"class": "VDI", "ref": base.ref, "uuid": base.uuid, "name": base.name, "run": None,
+                "role": base_snapshots.ROLE, "created": base.since, "vm": base.vm_uuid,
+                "base": base.backup_id, "reason": reason}
+        created = created_of({"other_config": {markers.CREATED: base.since}})
+        if created is None:
+            skipped.append({**item, "why": f"{reason}, but no tinabs:created marker: age unknown"})
+            continue
+        age = (now - created).total_seconds()
+        if age < max_age_s:
+            skipped.append({**item, "why": f"{reason}, but younger than the maximum age ({age / 3600:.1f} h)"})
+            continue
+        remove.append({**item, "age_h": round(age / 3600, 1)})
+    return {"remove": remove, "skipped": skipped}
+
+
 def remove_litter(xapi, items: list[dict]) -> tuple[list[dict], list[dict]]:
     """Destroy the objects (VMs first: their VBDs go with them); (removed, errors)."""
     x = xapi.x
@@ -239,14 +269,16 @@ def remove_files(items: list[dict]) -> list[dict]:
 
 
 def janitor_pool(xapi, dest: str, pool: str, is_active, max_age_s: float, dry_run: bool = False) -> dict:
-    """One pool's pass: its litter on the pool and its stale ``.partial`` files in ``dest``."""
+    """One pool's pass: its litter and stale bases on the pool and its stale ``.partial`` files in
+    ``dest``."""
     litter = find_litter(xapi, is_active, max_age_s)
+    based = stale_bases(xapi, max_age_s)
     partials = stale_partials(dest, pool, is_active, max_age_s)
-    out = {"pool": pool, "dry_run": dry_run, "skipped": litter["skipped"], "errors": []}
+    out = {"pool": pool, "dry_run": dry_run, "skipped": litter["skipped"] + based["skipped"], "errors": []}
     if dry_run:
-        out["objects"], out["files"] = litter["remove"], partials
+        out["objects"], out["files"] = litter["remove"] + based["remove"], partials
         return out
-    out["objects"], out["errors"] = remove_litter(xapi, litter["remove"])
+    out["objects"], out["errors"] = remove_litter(xapi, litter["remove"] + based["remove"])
     out["files"] = remove_files(partials)
     return out
 
