@@ -15,6 +15,7 @@ import pytest
 
 from helpers.pool_checks import bases, litter
 from helpers.xapi_http import guest_write
+from helpers.xva_parse import read_xva
 from test_restore import POOL, check_restored, disks, restore, source, vm_by_uuid  # noqa: F401  (fixture)
 
 from tinabs_tasks.repo.index import load_index
@@ -135,3 +136,19 @@ def test_sr_copy_second_night_copies_only_the_changes(deployment, nights):
     assert copy1 != copy2
     assert dep.sim.vdi_info(copy2)["sha256"] == at2 != at1
     assert dep.sim.vdi_info(copy1)["sha256"] == at1
+
+
+def test_export_xva_of_an_incremental_backup_is_a_whole_importable_xva(deployment, nights, tmp_path):
+    """The synthetic full gives a standard .xva: ova.xml of its night, every disk, every chunk's
+    checksum right (an independent reader), the system disk's sha256 the one of its night."""
+    _before, (_first, (_run, m2, at_night2), _third) = nights
+    out = tmp_path / "night2.xva"
+    proc = deployment.cli("repo", "export-xva", m2["backup_id"], "-o", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert out.stat().st_size == m2["size"]
+    with open(out, "rb") as fh:
+        xva = read_xva(fh)
+    vbds = [o["snapshot"] for o in xva.objects("VBD") if o["snapshot"].get("type") == "Disk"]
+    system_ref = next(v["VDI"] for v in vbds if str(v["userdevice"]) == "0")
+    assert set(xva.disks) == {v["VDI"] for v in vbds}
+    assert xva.disks[system_ref].sha256 == at_night2

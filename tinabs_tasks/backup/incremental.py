@@ -38,11 +38,19 @@ ASKED = "a full backup was asked for"
 DELTA_ATTEMPTS = 2
 
 
+#: permanent errors a full backup would meet as well (the SR is full, the account may not):
+#: raised as they are, the run fails and says why
+_NOT_THE_DELTA = ("SR_FULL", "PERMISSION_DENIED", "RBAC_PERMISSION_DENIED", "LICENCE_RESTRICTION",
+                  "SR_HAS_NO_PBDS", "SR_NOT_ATTACHED")
+
+
 def delta_refused(exc: XenAPI.Failure, pool: str) -> bool:
-    """Whether the pool's error on a delta means "take a full backup now": one not worth a retry
-    (an error worth one is raised for the retry policy, and ``choose`` gives up on the delta
-    after DELTA_ATTEMPTS)."""
-    return not classify(exc, pool).transient
+    """Whether the pool's error on a delta means "take a full backup now": a permanent one that
+    is the delta's (the base or the clone it needs), not the SR's or the account's.  An error
+    worth a retry is raised for the retry policy, and ``choose`` gives up on the delta after
+    DELTA_ATTEMPTS."""
+    code = str(exc.details[0]) if exc.details else ""
+    return not classify(exc, pool).transient and code not in _NOT_THE_DELTA
 
 
 @dataclass
