@@ -1,7 +1,7 @@
 import pytest
 
 from helpers.redis_proc import RedisNotFound, RedisProc, find_redis_server
-from helpers.deployment import Deployment
+from helpers.deployment import TEST_TUNING, Deployment
 from helpers import xapi_http as H
 from helpers.sim_proc import SimProc
 
@@ -79,11 +79,13 @@ def deployment(redis_server, tmp_path_factory, request):
     for one test module.
 
     A module may set ``DEPLOYMENT_SIM_ARGS`` / ``DEPLOYMENT_WORKERS`` to change the shape, and
-    ``DEPLOYMENT_REPOSITORY = True`` for an encrypted repository in the config (repo mode).
+    ``DEPLOYMENT_REPOSITORY = True`` for an encrypted repository in the config (repo mode), and
+    ``DEPLOYMENT_CONFIG`` for TOML appended to the config (after the test tuning).
     """
     sim_args = getattr(request.module, "DEPLOYMENT_SIM_ARGS",
                        ("--pools", "2", "--vms-per-pool", "6", "--disk-mib", "8"))
     dep = Deployment(tmp_path_factory.mktemp("deploy"), redis_server, sim_args,
+                     tuning=TEST_TUNING + getattr(request.module, "DEPLOYMENT_CONFIG", ""),
                      repository=getattr(request.module, "DEPLOYMENT_REPOSITORY", False))
     try:
         for i in range(getattr(request.module, "DEPLOYMENT_WORKERS", 2)):

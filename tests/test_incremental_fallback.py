@@ -151,3 +151,18 @@ def test_a_resized_system_disk_gives_a_full_backup(deployment, source, xapi, bas
     _run, manifest = night(deployment, source)
     assert manifest["backup_kind"] == "full"
     assert "resized" in manifest["full_reason"]
+
+
+def test_bases_lists_the_base_and_forget_makes_the_next_backup_full(deployment, source, based):  # noqa: F811
+    base = the_base(deployment, source)
+    listed = json.loads(deployment.cli("bases", "--json", check=True).stdout)
+    mine = [b for b in listed["bases"] if b["vm_uuid"] == source["uuid"]]
+    assert [(b["uuid"], b["backup_id"], b["mode"]) for b in mine] == [(base["uuid"], base["backup"], "repo")]
+    proc = deployment.cli("bases", "forget", source["uuid"], "--pool", POOL)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "next backup will be a full one" in proc.stdout
+    assert [b for b in bases(deployment.sim.state()) if b["vm"] == source["uuid"]] == []
+    write(deployment, source, b"forgotten")
+    _run, manifest = night(deployment, source)
+    assert manifest["backup_kind"] == "full"
+    assert "base snapshot is gone from the pool" in manifest["full_reason"]

@@ -23,6 +23,8 @@ from tinabs_tasks.repo.index import load_index
 DISK_MIB = 48
 DEPLOYMENT_SIM_ARGS = ("--pools", "1", "--vms-per-pool", "3", "--disk-mib", str(DISK_MIB))
 DEPLOYMENT_REPOSITORY = True
+#: a full backup when the last full and the incremental ones since make 4 nights
+DEPLOYMENT_CONFIG = "\n[retention]\nfull_every = 4\n"
 MiB = 1 << 20
 
 
@@ -95,6 +97,22 @@ def test_verify_of_an_incremental_backup_passes(deployment, nights):
     _before, (_first, (_run, m2, _s), _third) = nights
     proc = deployment.cli("verify", m2["backup_id"], "--json")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_full_every_n_nights_takes_a_full_backup_then_builds_on_it(deployment, source, nights):  # noqa: F811
+    """Nights 1 (full), 2 and 3 (incremental), then 4: [retention] full_every = 4 makes one full
+    backup in every 4 nights, so night 5 is full, saying why, and night 6 builds on it."""
+    drift(deployment, source, 4)
+    _run, m4, _sha = night(deployment, source)
+    assert (m4["backup_kind"], m4["chain"]) == ("incremental", 3), m4
+    drift(deployment, source, 5)
+    _run, m5, _sha = night(deployment, source)
+    assert m5["backup_kind"] == "full", m5
+    assert m5["full_reason"] == ("a full backup every 4 nights ([retention] full_every): 3 incremental backups "
+                                 "since the last full one")
+    drift(deployment, source, 6)
+    _run, m6, _sha = night(deployment, source)
+    assert (m6["backup_kind"], m6["base_backup"], m6["chain"]) == ("incremental", m5["backup_id"], 1)
 
 
 def copied_bytes(dep) -> int:
