@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import XenAPI
+from celery import Celery
 
 from helpers.pool_checks import bases, litter
 from helpers.xapi_http import api, guest_write
@@ -24,6 +25,19 @@ from tinabs_tasks.repo.index import remove_index_file
 DISK_MIB = 24
 DEPLOYMENT_SIM_ARGS = ("--pools", "1", "--vms-per-pool", "3", "--disk-mib", str(DISK_MIB))
 DEPLOYMENT_REPOSITORY = True
+#: a schedule entry that always takes full backups (sent to a worker below, as beat sends it)
+DEPLOYMENT_CONFIG = """
+[schedule]
+timezone = "UTC"
+
+[[schedule.backups]]
+name = "weekly-full"
+cron = "0 3 * * 0"
+all = true
+pools = ["pool-a"]
+mode = "repo"
+full = true
+"""
 MiB = 1 << 20
 
 
@@ -166,3 +180,23 @@ def test_bases_lists_the_base_and_forget_makes_the_next_backup_full(deployment, 
     _run, manifest = night(deployment, source)
     assert manifest["backup_kind"] == "full"
     assert "base snapshot is gone from the pool" in manifest["full_reason"]
+
+
+def test_a_schedule_entry_with_full_takes_full_backups_saying_so(deployment, source, based):  # noqa: F811
+    """The tick of a `full = true` entry, sent to a worker as beat sends it: every VM it backs up
+    is a full backup, the entry named as the reason, even the source VM that has a base."""
+    dep = deployment
+    assert the_base(dep, source)
+    app = Celery("test", broker=dep.redis_url, backend=dep.redis_url)
+    try:
+        last = app.send_task("tinabs.scheduled_backup", args=["backup:weekly-full"], queue="tinabs").get(timeout=60)
+    finally:
+        app.close()
+    job = dep.wait_job(last["job"], timeout=180)
+    assert job["runs"] and all(r["state"] == "succeeded" for r in job["runs"]), job["runs"]
+    for run in job["runs"]:
+        manifest = json.loads(Path(run["manifest"]).read_text())
+        assert manifest["backup_kind"] == "full"
+        assert manifest["full_reason"] == "a full backup was asked for (schedule weekly-full)"
+    assert source["uuid"] in {r["vm_uuid"] for r in job["runs"]}
+    assert litter(dep.sim.state()) == {}
