@@ -57,9 +57,18 @@ def nights(deployment, source):  # noqa: F811
     for mib in range(0, DISK_MIB, 2):  # data in half the chunks: a full night reads them all
         guest_write(dep.sim, system["uuid"], mib * MiB, b"mib %d" % mib)
     out = [night(dep, source)]
-    for seed in (2, 3):
-        drift(dep, source, seed)
-        out.append(night(dep, source))
+    session = dep.sim.session(0)
+    try:
+        x = session.xenapi
+        vm = x.VM.get_by_uuid(source["uuid"])
+        for seed in (2, 3):
+            drift(dep, source, seed)
+            # the VM's structure changes too: each night's backup holds that night's skeleton
+            x.VM.remove_from_other_config(vm, "night")
+            x.VM.add_to_other_config(vm, "night", str(seed))
+            out.append((*night(dep, source), dep.sim.state()["pools"][POOL]))
+    finally:
+        session.xenapi.session.logout()
     return before, out
 
 
@@ -71,7 +80,7 @@ def test_first_night_is_full_and_says_why(nights):
 
 
 def test_second_night_reads_only_the_changes(deployment, nights):
-    _before, ((_r1, m1, _s1), (run, m2, _s2), _third) = nights
+    _before, ((_r1, m1, _s1), (run, m2, *_s2), _third) = nights
     assert m2["backup_kind"] == "incremental", m2.get("full_reason")
     assert m2["base_backup"] == m1["backup_id"] and m2["chain"] == 1
     assert run["backup_kind"] == "incremental" and run["base_backup"] == m1["backup_id"]
@@ -85,16 +94,18 @@ def test_second_night_reads_only_the_changes(deployment, nights):
 
 def test_an_incremental_backup_restores_to_the_disk_of_its_night(deployment, source, nights):  # noqa: F811
     dep = deployment
-    before, (_first, (_run, m2, at_night2), (_r3, m3, at_night3)) = nights
+    _before, (_first, (_run, m2, at_night2, state2), (_r3, m3, at_night3, state3)) = nights
     assert at_night2 != at_night3  # the third night's drift changed the disk since
     result = restore(dep, m2["backup_id"], "--pool", POOL)
-    check_restored(dep, result, source, before, at_night2)
+    vm = check_restored(dep, result, vm_by_uuid(state2, source["uuid"]), state2, at_night2)
+    assert vm["other_config"]["night"] == "2"
     result = restore(dep, m3["backup_id"], "--pool", POOL)
-    check_restored(dep, result, source, before, at_night3)
+    vm = check_restored(dep, result, vm_by_uuid(state3, source["uuid"]), state3, at_night3)
+    assert vm["other_config"]["night"] == "3"
 
 
 def test_verify_of_an_incremental_backup_passes(deployment, nights):
-    _before, (_first, (_run, m2, _s), _third) = nights
+    _before, (_first, (_run, m2, *_s), _third) = nights
     proc = deployment.cli("verify", m2["backup_id"], "--json")
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -159,7 +170,7 @@ def test_sr_copy_second_night_copies_only_the_changes(deployment, nights):
 def test_export_xva_of_an_incremental_backup_is_a_whole_importable_xva(deployment, nights, tmp_path):
     """The synthetic full gives a standard .xva: ova.xml of its night, every disk, every chunk's
     checksum right (an independent reader), the system disk's sha256 the one of its night."""
-    _before, (_first, (_run, m2, at_night2), _third) = nights
+    _before, (_first, (_run, m2, at_night2, _state), _third) = nights
     out = tmp_path / "night2.xva"
     proc = deployment.cli("repo", "export-xva", m2["backup_id"], "-o", str(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr
