@@ -231,8 +231,8 @@ def test_cli_table(cli_dest):
     proc = tinabs(config, "list")
     assert proc.returncode == 0, proc.stderr
     header, row = proc.stdout.splitlines()
-    assert header.split() == ["VM", "POOL", "MODE", "UTC", "TIME", "SIZE", "SHA256", "VERIFIED", "PATH"]
-    assert row.split() == ["web-01", "pool-a", "export", "2026-03-01", "12:00:00Z", "12", "B",
+    assert header.split() == ["VM", "POOL", "MODE", "KIND", "UTC", "TIME", "SIZE", "SHA256", "VERIFIED", "PATH"]
+    assert row.split() == ["web-01", "pool-a", "export", "-", "2026-03-01", "12:00:00Z", "12", "B",
                            made["payload"]["sha256"][:12], "ok", made["path"]]
     proc = tinabs(config, "list", "--all")
     lines = proc.stdout.splitlines()

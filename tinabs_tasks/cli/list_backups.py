@@ -4,6 +4,10 @@ Read from the manifests on disk, never from the broker: it works after Redis is
 wiped, with the broker down, and from a host that never ran a job.  A repository backup
 (mode ``repo``) shows its backup id where a file backup shows its path; ``--json`` gives
 its ``backup_id``, ``repository`` and ``stored_bytes`` (what it added to the repository).
+A repo or sr-copy backup's KIND says how it was taken: ``incremental`` (a delta against its
+base) or ``full``; ``--json`` gives ``backup_kind``, the ``full_reason`` of a full one, the
+``base_backup`` of an incremental one and ``chain``.  An export backup's KIND is ``-`` (always
+full, with no base: nothing to say).
 """
 from __future__ import annotations
 
@@ -38,10 +42,12 @@ def run(args) -> int:
 
 
 def render(items: list[catalog.Backup], show_status: bool = False) -> str:
-    headers = ["VM", "POOL", "MODE", "UTC TIME", "SIZE", "SHA256", "VERIFIED"] + (["STATUS"] if show_status else [])
+    headers = ["VM", "POOL", "MODE", "KIND", "UTC TIME", "SIZE", "SHA256", "VERIFIED"] + \
+        (["STATUS"] if show_status else [])
     rows = []
     for b in items:
-        row = [b.vm_name, b.pool, b.mode or "", b.created.strftime("%Y-%m-%d %H:%M:%SZ") if b.created else "",
+        row = [b.vm_name, b.pool, b.mode or "", b.backup_kind or "-",
+               b.created.strftime("%Y-%m-%d %H:%M:%SZ") if b.created else "",
                human_bytes(b.size) if b.size is not None else "", (b.sha256 or "")[:12], b.verified or "-"]
         if show_status:
             row.append(b.status)

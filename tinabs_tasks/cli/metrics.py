@@ -61,6 +61,9 @@ class TinabsCollector:
                                          "successful backup spent in its stages", labels=VM_LABELS)
         last_stored = GaugeMetricFamily("tinabs_last_backup_stored_bytes", "Bytes the VM's last successful "
                                         "backup added to the repository (repo mode only)", labels=VM_LABELS)
+        last_incremental = GaugeMetricFamily("tinabs_last_backup_incremental", "1 if the VM's last successful "
+                                             "backup was incremental, 0 if full (repo and sr-copy modes only)",
+                                             labels=VM_LABELS)
         for pool in pools:
             backups.add_metric([pool.name, "succeeded"], pool.succeeded)
             backups.add_metric([pool.name, "failed"], pool.failed)
@@ -75,7 +78,10 @@ class TinabsCollector:
                     last_seconds.add_metric(labels, vm.last_seconds)
                     if vm.last_stored is not None:
                         last_stored.add_metric(labels, vm.last_stored)
-        return [backups, exported, stored, last_success, last_ok, last_bytes, last_seconds, last_stored]
+                    if vm.last_kind is not None:
+                        last_incremental.add_metric(labels, 1 if vm.last_kind == "incremental" else 0)
+        return [backups, exported, stored, last_success, last_ok, last_bytes, last_seconds, last_stored,
+                last_incremental]
 
 
 def wsgi_app(registry):

@@ -5,7 +5,7 @@ import json
 import sys
 
 from tinabs_tasks.reports.summary import stored as stored_report
-from tinabs_tasks.runs.job_view import backup_name, summary
+from tinabs_tasks.runs.job_view import backup_name, how_taken, summary
 from tinabs_tasks.cli.common import UserError, human_bytes, job_store, load_config
 
 
@@ -83,12 +83,16 @@ def _report_lines(job: dict) -> list[str]:
 def _backup_detail(run: dict) -> str:
     """What names a run's backup: its file, or for a repository backup (whose ``path`` is its
     manifest) its id and what it added to the repository (deduplication makes that far less
-    than its size)."""
+    than its size); then, for a repo or sr-copy backup, how it was taken (incremental from
+    which base, or full and why: a full one is never silent)."""
     if run.get("backup_id"):
         stored = run.get("stored_bytes")
         added = f" ({human_bytes(stored)} new in the repository)" if stored not in (None, "") else ""
-        return f"repository backup {run['backup_id']}{added}"
-    return backup_name(run)
+        name = f"repository backup {run['backup_id']}{added}"
+    else:
+        name = backup_name(run)
+    how = how_taken(run)
+    return f"{name}; {how}" if how else name
 
 
 def _size(run: dict) -> str:

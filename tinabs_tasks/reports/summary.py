@@ -1,5 +1,7 @@
 """A job's report: the summary of its end (per VM: result, size, duration, error; for a repo
-backup also its id and ``stored_bytes``, what it added to the repository), as JSON and
+backup also its id and ``stored_bytes``, what it added to the repository; for a repo or sr-copy
+backup how it was taken: ``backup_kind``, the ``full_reason`` of a full one, the ``base_backup``
+of an incremental one, and in the totals how many were each), as JSON and
 as a plain-text table, and where it is kept: the ``report`` field of the job's hash, which
 expires with the job.  Sending it is tasks_report.py's; the channels are report_channels.py's.
 
@@ -14,7 +16,7 @@ import time
 
 from tinabs_tasks.runs import keys
 from tinabs_tasks.runs.human import human_bytes
-from tinabs_tasks.runs.job_view import backup_name
+from tinabs_tasks.runs.job_view import backup_name, how_taken
 from tinabs_tasks.backup.selection import describe
 
 #: write the report only while the job's hash exists: a late write never re-creates an
@@ -25,6 +27,8 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 return -1
 """
+#: how a repo or sr-copy backup was taken (storage/manifest.KIND_FIELDS' backup_kind)
+KINDS = ("incremental", "full")
 
 
 def summarize(job: dict, now: float | None = None) -> dict:
@@ -37,13 +41,16 @@ def summarize(job: dict, now: float | None = None) -> dict:
     # what repository backups added to the repository; a job of file backups only has no such total
     in_repo = {"stored_bytes": sum(v["stored_bytes"] or 0 for v in vms)} \
         if any(v["stored_bytes"] is not None for v in vms) else {}
+    # how repo and sr-copy backups were taken; a job of export backups (always full) has no such count
+    kinds = {k: sum(v["backup_kind"] == k for v in vms) for k in KINDS} \
+        if any(v["backup_kind"] for v in vms) else {}
     return {
         "job": job["id"],
         "result": "succeeded" if job["succeeded"] else ("failed" if vms or job["plan_errors"] else "nothing backed up"),
         "selector": job["selector"], "mode": job["mode"], "pools": job["pools"],
         "created": _iso(created), "ended": _iso(ended), "duration_s": round(max(0.0, ended - created), 3),
         "totals": {"vms": len(vms), "succeeded": ok, "failed": len(vms) - ok,
-                   "bytes": sum(v["size"] or 0 for v in vms), **in_repo,
+                   "bytes": sum(v["size"] or 0 for v in vms), **in_repo, **kinds,
                    "pools_not_planned": job["plan_errors"]},
         "vms": vms, "notes": list(job["notes"]),
     }
@@ -65,6 +72,12 @@ def _vm(run: dict) -> dict:
         # repo mode: the backup's id, and the bytes it added to the repository (its new blocks)
         "backup_id": run.get("backup_id") if ok else None,
         "stored_bytes": _int(run.get("stored_bytes")) if ok else None,
+        # repo and sr-copy: incremental (against which backup, how many since the last full) or
+        # full (and why); None for an export backup and a failed run
+        "backup_kind": run.get("backup_kind") if ok else None,
+        "full_reason": run.get("full_reason") if ok else None,
+        "base_backup": run.get("base_backup") if ok else None,
+        "chain": _int(run.get("chain")) if ok else None,
     }
 
 
@@ -100,8 +113,8 @@ def text(summary: dict) -> str:
     lines = [f"tinabs job {summary['job']}: {summary['result']}",
              f"{_clean(describe(summary['selector']))}, mode {summary['mode']}, pools {', '.join(summary['pools'])}",
              f"from {summary['created']} to {summary['ended']} ({_duration(summary['duration_s'])})", ""]
-    rows = [("POOL", "VM", "RESULT", "SIZE", "DURATION", "ERROR")]
-    rows += [(v["pool"], v["vm"], v["result"], _size(v), _duration(v["duration_s"]), v["error"] or "")
+    rows = [("POOL", "VM", "RESULT", "SIZE", "DURATION", "DETAIL")]
+    rows += [(v["pool"], v["vm"], v["result"], _size(v), _duration(v["duration_s"]), v["error"] or how_taken(v))
              for v in summary["vms"]]
     widths = [max(len(_clean(r[i])) for r in rows) for i in range(5)]
     for row in rows:
@@ -109,7 +122,8 @@ def text(summary: dict) -> str:
     # a repository backup writes only its new blocks: its size is what was backed up, not written
     moved = f"{human_bytes(t['bytes'])} backed up, {human_bytes(t['stored_bytes'])} of it new in the " \
         "repository" if _any_repo(summary) else f"{human_bytes(t['bytes'])} written"
-    lines += ["", f"{t['vms']} VM(s): {t['succeeded']} succeeded, {t['failed']} failed, {moved}"]
+    kinds = f"; {t['incremental']} incremental, {t['full']} full" if "full" in t else ""
+    lines += ["", f"{t['vms']} VM(s): {t['succeeded']} succeeded, {t['failed']} failed, {moved}{kinds}"]
     lines += [f"note: {_clean(n)}" for n in summary["notes"]]
     return "\n".join(line.rstrip() for line in lines) + "\n"
 

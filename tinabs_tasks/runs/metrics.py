@@ -8,6 +8,8 @@ mode, the metadata file in sr-copy mode (whose disk copy stays on the backup SR)
 streamed into the repository in repo mode.  "Bytes stored" (repo mode only) is what each
 repository backup added to the repository: its new blocks as sealed on disk and its index, far
 less than its size once deduplication finds earlier blocks.  A failed run is not counted in either.
+A repo or sr-copy backup also notes how the VM's last good backup was taken (``last_kind``:
+incremental or full; an export backup, always full, clears it).
 
 Counters only grow, and never expire while runs keep ending (keys.METRICS_TTL_S).
 """
@@ -19,7 +21,8 @@ from dataclasses import dataclass, field
 from tinabs_tasks.runs import keys
 
 #: KEYS: the run's state hash, pools, pool, vms, vm; ARGV: figures ttl, pool, result,
-#: vm uuid, vm name, end time, size, seconds, stored bytes ("" for a backup outside the repository).  All or nothing, and only once per run: the mark
+#: vm uuid, vm name, end time, size, seconds, stored bytes ("" for a backup outside the repository),
+#: backup kind ("" for an export backup).  All or nothing, and only once per run: the mark
 #: that the run was counted is a field of the run's own state, so it lives exactly as long as
 #: that state ([limits] state_ttl_s) and leaves nothing behind in Redis.
 _COUNT = """
@@ -37,6 +40,11 @@ if ARGV[3] == 'succeeded' then
     redis.call('HSET', KEYS[5], 'last_stored', ARGV[9])
   else
     redis.call('HDEL', KEYS[5], 'last_stored')
+  end
+  if ARGV[10] ~= '' then
+    redis.call('HSET', KEYS[5], 'last_kind', ARGV[10])
+  else
+    redis.call('HDEL', KEYS[5], 'last_kind')
   end
 end
 for i = 2, 5 do redis.call('EXPIRE', KEYS[i], ARGV[1]) end
@@ -57,7 +65,8 @@ def count_run_end(r, run: dict | None) -> bool:
               keys.metrics_vms(pool), keys.metrics_vm(pool, vm_uuid)],
         args=[keys.METRICS_TTL_S, pool, run["state"], vm_uuid, run.get("vm_name", ""),
               run.get("finished", 0), int(run.get("size") or 0), round(seconds, 3),
-              int(run["stored_bytes"]) if run.get("stored_bytes") not in (None, "") else ""]))
+              int(run["stored_bytes"]) if run.get("stored_bytes") not in (None, "") else "",
+              run.get("backup_kind") or ""]))
 
 
 @dataclass
@@ -71,6 +80,8 @@ class VmFigures:
     last_seconds: float | None = None
     #: what the last successful backup added to the repository; None unless it was a repo backup
     last_stored: int | None = None
+    #: how the last successful backup was taken ("incremental", "full"); None for an export backup
+    last_kind: str | None = None
 
 
 @dataclass
@@ -111,4 +122,5 @@ def _vm(uuid: str, h: dict) -> VmFigures:
                      float(h["last_success"]) if succeeded else None,
                      int(h["last_size"]) if succeeded else None,
                      float(h["last_seconds"]) if succeeded else None,
-                     int(h["last_stored"]) if succeeded and "last_stored" in h else None)
+                     int(h["last_stored"]) if succeeded and "last_stored" in h else None,
+                     h.get("last_kind") if succeeded else None)

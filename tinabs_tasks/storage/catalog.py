@@ -25,6 +25,9 @@ A repository backup (``mode: "repo"``) has no data file: its manifest names the 
 and the repository it is in, and it is complete when that repository holds the index (a
 ``stat``: the catalog never needs the key).  Its ``path`` is None; it is named by its
 manifest or its id (``resolve``).
+
+A repo or sr-copy backup also says how it was taken (``manifest.KIND_FIELDS``): incremental,
+against which backup, or full and why.  An export backup has none of that (always full).
 """
 from __future__ import annotations
 
@@ -65,6 +68,12 @@ class Backup:
     repository: str | None = None
     #: bytes this backup added to the repository (repo mode)
     stored_bytes: int | None = None
+    #: repo and sr-copy: "incremental" (a delta against ``base_backup``, ``chain`` incrementals
+    #: since the last full) or "full" (``full_reason``); None for an export backup
+    backup_kind: str | None = None
+    full_reason: str | None = None
+    base_backup: str | None = None
+    chain: int | None = None
 
     @property
     def complete(self) -> bool:
@@ -168,7 +177,7 @@ def _from_manifest(entry, data: dict, pool: str, name: str, uuid: str) -> Backup
                       mode=m.get("mode"), created=_stamp(m.get("created")) or _stamp(base),
                       size=size, sha256=m.get("sha256"), verified=_verified(m.get("verified")),
                       path=os.path.join(os.path.dirname(mpath), fname), manifest_path=mpath,
-                      run=m.get("run"), job=m.get("job"))
+                      run=m.get("run"), job=m.get("job"), **_kind(m))
     except (OSError, ValueError, KeyError, TypeError):
         return Backup(vm_uuid=uuid, vm_name=name, pool=pool, mode=None, created=_stamp(base), size=None,
                       sha256=None, verified=None, path=None, manifest_path=mpath, run=_run(base), job=None,
@@ -198,10 +207,21 @@ def _from_repo_manifest(m: dict, mpath: str, base: str, pool: str) -> Backup:
                   mode="repo", created=_stamp(m.get("created")) or _stamp(base), size=size, sha256=m.get("sha256"),
                   verified=_verified(m.get("verified")), path=None, manifest_path=mpath, run=m.get("run"),
                   job=m.get("job"), backup_id=bid, repository=repo,
-                  stored_bytes=stored if isinstance(stored, int) and not isinstance(stored, bool) else None)
+                  stored_bytes=stored if isinstance(stored, int) and not isinstance(stored, bool) else None,
+                  **_kind(m))
     if not os.path.isfile(os.path.join(repo, "indexes", bid)):
         item.status = MISSING
     return item
+
+
+def _kind(m: dict) -> dict:
+    """How the backup was taken, as its manifest says (what is not of the expected type: None)."""
+    kind, chain = m.get("backup_kind"), m.get("chain")
+    if kind not in ("full", "incremental"):
+        return {}
+    text = {k: m[k] if isinstance(m.get(k), str) else None for k in ("full_reason", "base_backup")}
+    counted = isinstance(chain, int) and not isinstance(chain, bool)
+    return {"backup_kind": kind, **text, "chain": chain if counted else None}
 
 
 def _stray(entry, status: str, pool: str, name: str, uuid: str) -> Backup:

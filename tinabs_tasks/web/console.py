@@ -18,7 +18,7 @@ from tinabs_tasks.runs.store import JobStore, RunState
 from tinabs_tasks.runs.jobstart import check_pools, start_job
 from tinabs_tasks.runs import requests
 from tinabs_tasks.runs.redis_client import client
-from tinabs_tasks.runs.job_view import backup_name
+from tinabs_tasks.runs.job_view import backup_name, how_taken
 from tinabs_tasks.schedule.times import WEEKDAYS
 from tinabs_tasks.backup.modes import MODES
 from tinabs_tasks.backup.selection import describe
@@ -171,6 +171,9 @@ class Console:
                 "error": r.get("error", "") if state in ("failed", "failing", "retrying") else "",
                 "path": backup_name(r) if state == RunState.SUCCEEDED else "",
                 "stored_bytes": int(r["stored_bytes"]) if r.get("stored_bytes") else None,
+                # repo, sr-copy: incremental (from which base) or full (and why), as `tinabs status` says it
+                "backup_kind": r.get("backup_kind", "") if state == RunState.SUCCEEDED else "",
+                "how": how_taken(r) if state == RunState.SUCCEEDED else "",
                 "flower": self.flower_task(r.get("task_id")),
             })
         s = summary(job)

@@ -23,6 +23,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from tinabs_tasks.runs.human import human_bytes
+from tinabs_tasks.runs.job_view import how_taken
 from tinabs_tasks.web import auth
 from tinabs_tasks.web.console import Console, ConsoleError
 
@@ -34,6 +35,7 @@ def _templates() -> Jinja2Templates:
     env.filters["bytes"] = human_bytes
     env.filters["when"] = lambda d: d.strftime("%Y-%m-%d %H:%M UTC") if d else "?"
     env.filters["ago"] = _ago
+    env.filters["how"] = lambda backup: how_taken(backup.to_dict())  # a catalog.Backup
     return Jinja2Templates(env=env)
 
 

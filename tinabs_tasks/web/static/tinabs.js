@@ -41,6 +41,7 @@ function runRow(r) {
     el("td", {}, progress(r.progress), " " + pct(r.progress)),
     el("td", {}, humanBytes(r.bytes)),
     el("td", {}, r.rate ? humanBytes(r.rate) + "/s" : ""),
+    el("td", {class: "kind " + (r.backup_kind || "")}, r.how || ""),
     detail);
 }
 
@@ -56,7 +57,7 @@ function drawJob(job) {
   if (job.aborted) document.getElementById("aborted-by").textContent = "· aborted by " + job.aborted_by;
   const body = document.getElementById("runs");
   const rows = job.runs.map(runRow);
-  if (!rows.length) rows.push(el("tr", {}, el("td", {colspan: "8", class: "muted"}, job.planned ? "no VM matched" : "planning…")));
+  if (!rows.length) rows.push(el("tr", {}, el("td", {colspan: "9", class: "muted"}, job.planned ? "no VM matched" : "planning…")));
   body.replaceChildren(...rows);
   document.getElementById("notes").replaceChildren(...job.notes.map(n => el("li", {}, n)));
   const abortForm = document.getElementById("abort-form");
