@@ -266,6 +266,9 @@ def test_export_bytes_are_counted_in_sim_stats(sim, x, master, small_vm):
     assert resp.status == 200 and len(body) > 1 << 20
     after = sim.control_call("GET", "/sim/stats")[1]["pools"][name]["exported_bytes"]
     assert after - before == len(body)
+    resp, meta = H.get_all(master, "/export_metadata", {"session_id": H.handle(x), "ref": small_vm})
+    assert resp.status == 200 and 0 < len(meta) < 1 << 20
+    assert sim.control_call("GET", "/sim/stats")[1]["pools"][name]["exported_bytes"] - after == len(meta)
 
 
 # -- /export_metadata ---------------------------------------------------------

@@ -18,7 +18,8 @@
                                    (see ..drift); answers {vdis: {uuid: {chunks, bytes}}}
 ``GET /sim/stats``                 {"pools": {name: {"copied_bytes", "exported_bytes",
                                    "imported_bytes"}}}: bytes the simulated storage copied
-                                   (VDI.copy, VM.copy), sent by /export and /export_raw_vdi, written
+                                   (VDI.copy, VM.copy), sent by /export, /export_metadata and
+                                   /export_raw_vdi, written
                                    by /import_raw_vdi since the simulator started
 """
 from __future__ import annotations

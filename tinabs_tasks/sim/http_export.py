@@ -107,6 +107,7 @@ class ExportRoutes(HandlerBase):
             return
         self.pool.hosts[self.host_ref].throttle.consume(len(body))
         self._reply(200, body, ctype="application/octet-stream", headers=headers, close=True)
+        self.pool.count_bytes("exported_bytes", len(body))  # bytes the pool sent, as /export counts them
         self.pool.tasks.succeed(task, "")
 
     # -- /pool/xmldbdump -------------------------------------------------------
