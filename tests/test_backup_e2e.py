@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers.pool_checks import backupable_vms, litter, normalise as _norm, tinabs_objects
+from helpers.pool_checks import backupable_vms, bases, litter, normalise as _norm, tinabs_objects
 from helpers.xva_parse import read_xva
 
 DEPLOYMENT_SIM_ARGS = ("--pools", "2", "--vms-per-pool", "5", "--disk-mib", "8")
@@ -73,10 +73,11 @@ def test_both_modes_in_parallel_on_two_pools(deployment):
     # And every sr-copy backup has its disk on the backup SR with the system disk's bytes
     for run in copy_runs:
         _check_sr_copy(dep, before["pools"][run["pool"]], after["pools"][run["pool"]], run)
-    # And nothing of tinabs is left on the pools but the kept sr-copy disks
+    # And nothing of tinabs is left on the pools but the kept sr-copy disks and one base per sr-copy VM
     assert litter(after) == {}
-    kept = tinabs_objects(after).get("VDI", [])
+    kept = [o for o in tinabs_objects(after).get("VDI", []) if o[2]["other_config"].get("tinabs:role") != "base"]
     assert len(kept) == len(copy_runs)
+    assert sorted(b["vm"] for b in bases(after)) == sorted(r["vm_uuid"] for r in copy_runs)
     # And the destination holds exactly one data file and one manifest per run, no partial file
     files = dep.files()
     assert not [f for f in files if f.name.endswith(".partial")]

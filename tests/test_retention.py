@@ -3,8 +3,11 @@ fabricated timestamps; bad backups never count; the newest good backup is never 
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
+
+from helpers.pool_checks import bases
 
 from tinabs_tasks.storage import catalog
 from tinabs_tasks.config import model as config
@@ -201,7 +204,10 @@ def test_retention_runs_by_itself_after_each_good_backup(redis_server, tmp_path)
             time.sleep(0.2)
         assert left == [manifests[1]]
         kept = [r for r in dep.sim.state()["pools"]["pool-a"]["VDI"].values()
-                if r["other_config"].get("tinabs:keep") == "true"]
+                if r["other_config"].get("tinabs:keep") == "true" and r["other_config"].get("tinabs:role") != "base"]
         assert len(kept) == 1 and kept[0]["other_config"]["tinabs:run"] in manifests[1]
+        # and the VM's base is the kept backup's (the pruned backup's base went with the night after it)
+        (base,) = bases(dep.sim.state())
+        assert base["backup"] == Path(manifests[1]).name.removesuffix(".json")
     finally:
         dep.stop()
