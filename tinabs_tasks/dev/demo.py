@@ -4,7 +4,9 @@ Starts a private Redis, the XAPI simulator (2 pools) with a generated config,
 one Celery worker, and runs ``tinabs backup --tag <today> --wait`` with its
 live progress; prints where the backups are.  Then the same VMs go into a
 repository (``tinabs repo init``, two nights of ``--mode repo``, ``tinabs repo
-stats``): the second night stores almost nothing.  Stops everything it started.
+stats``): the second night is incremental, reads only what changed on the pools and stores
+almost nothing; ``tinabs bases`` lists the snapshots kept on the pools for that.  Stops
+everything it started.
 Everything lives under ./demo-out (backups, repository and its key are kept there for a look).
 """
 from __future__ import annotations
@@ -59,7 +61,7 @@ def main() -> int:
         for path in backups:
             print(f"  {path.relative_to(OUT)}  ({path.stat().st_size / 1e6:.1f} MB, manifest beside it)")
         for argv in (["repo", "init"], ["backup", "--tag", today, "--mode", "repo", "--wait"],
-                     ["backup", "--tag", today, "--mode", "repo", "--wait"], ["repo", "stats"]):
+                     ["backup", "--tag", today, "--mode", "repo", "--wait"], ["repo", "stats"], ["bases"]):
             if status:  # a step failed: its output says why; the rest would only repeat it
                 break
             print(f"\n$ tinabs {' '.join(argv)}", flush=True)
