@@ -200,3 +200,26 @@ def test_a_schedule_entry_with_full_takes_full_backups_saying_so(deployment, sou
         assert manifest["full_reason"] == "a full backup was asked for (schedule weekly-full)"
     assert source["uuid"] in {r["vm_uuid"] for r in job["runs"]}
     assert litter(dep.sim.state()) == {}
+
+
+def test_a_replaced_system_disk_gives_a_full_backup_and_retires_the_old_base(deployment, source, xapi,  # noqa: F811
+                                                                           based):
+    """The VM's system disk swapped for another VDI: its base is a snapshot of a disk the VM no
+    longer has.  The night is full, saying so, and its cleanup destroys the old disk's base."""
+    dep = deployment
+    old_base = the_base(dep, source)
+    vm = xapi.VM.get_by_uuid(source["uuid"])
+    if xapi.VM.get_power_state(vm) != "Halted":
+        xapi.VM.hard_shutdown(vm)
+    vbd = next(b for b in xapi.VM.get_VBDs(vm) if xapi.VBD.get_userdevice(b) == "0")
+    rec = xapi.VBD.get_record(vbd)
+    old_vdi = rec["VDI"]
+    new_vdi = xapi.VDI.copy(old_vdi, xapi.VDI.get_SR(old_vdi))
+    xapi.VBD.destroy(vbd)
+    xapi.VBD.create({k: rec[k] for k in ("VM", "userdevice", "bootable", "mode", "type", "empty", "other_config",
+                                         "qos_algorithm_type", "qos_algorithm_params")} | {"VDI": new_vdi})
+    _run, manifest = night(dep, source)
+    assert manifest["backup_kind"] == "full"
+    assert "system disk was replaced" in manifest["full_reason"], manifest["full_reason"]
+    assert old_base["uuid"] not in {b["uuid"] for b in bases(dep.sim.state())}
+    assert the_base(dep, source)["snapshot_of"] != old_base["snapshot_of"]
