@@ -13,6 +13,7 @@ from tinabs_tasks.backup.modes import MODES
 
 from .deployment import FAULT_TUNING, Deployment
 from .procs import finish
+from .xapi_http import guest_write
 
 POOL = "pool-a"
 VM = "db-01"  # a data disk, a CD drive and VIFs: every stage has work
@@ -24,7 +25,9 @@ STAGE_CALL = {
     "disks": {"method": "VDI.create"},
     "vifs": {"method": "VIF.create"},
     "export": {"handler": "/export"},
-    "store": {"handler": "/export"},  # repo mode: the export stream, stored into the repository
+    # repo mode, an incremental night (the VM has a base): the VHD delta of the system disk
+    # against its base, stored into the repository (a full night streams /export)
+    "store": {"handler": "/export_raw_vdi"},
     "copy": {"method": "VDI.copy"},
     "metadata": {"handler": "/export_metadata"},
     "cleanup": {"method": "VM.destroy"},
@@ -73,6 +76,29 @@ def finish_backup(proc: subprocess.Popen, timeout: float = 150) -> tuple[int, di
         return code, json.loads(out)
     except ValueError:
         raise AssertionError(f"no JSON from tinabs backup (exit {code}):\n{out}\n{err}") from None
+
+
+def system_disk_uuid(dep, vm: str = VM, pool: str = POOL) -> str:
+    """The uuid of the VDI at userdevice 0 of the VM named ``vm`` (its system disk)."""
+    objects = dep.sim.state()["pools"][pool]
+    (rec,) = [v for v in objects["VM"].values() if v["name_label"] == vm and not v["is_a_snapshot"]
+              and not v["is_a_template"]]
+    (vdi,) = [objects["VBD"][b]["VDI"] for b in rec["VBDs"]
+              if objects["VBD"][b]["userdevice"] == "0" and objects["VBD"][b]["type"] == "Disk"]
+    return objects["VDI"][vdi]["uuid"]
+
+
+def drift_system_disk(dep, vm: str = VM, pool: str = POOL) -> str:
+    """A little of a night's work on the VM's system disk (guest writes of bytes never written
+    before, in two chunks), so that a delta against its base is not empty; its sha256 after."""
+    uuid = system_disk_uuid(dep, vm, pool)
+    before = dep.sim.vdi_info(uuid)["sha256"]
+    stamp = b"night %d " % time.time_ns()
+    for offset in ((1 << 20) + 4096, (5 << 20) + 512):
+        guest_write(dep.sim, uuid, offset, stamp * 64)
+    after = dep.sim.vdi_info(uuid)["sha256"]
+    assert after != before, "the drift changed nothing: the night's delta would be empty"
+    return after
 
 
 def current_run(dep) -> dict:
