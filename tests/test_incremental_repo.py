@@ -165,6 +165,19 @@ def test_sr_copy_second_night_copies_only_the_changes(deployment, nights):
     assert copy1 != copy2
     assert dep.sim.vdi_info(copy2)["sha256"] == at2 != at1
     assert dep.sim.vdi_info(copy1)["sha256"] == at1
+    # a worker killed right after cloning the last copy left the clone unmarked (the copy's own
+    # name and markers): the next night's clone of that copy removes it first
+    session = dep.sim.session(0)
+    try:
+        x = session.xenapi
+        stray = x.VDI.get_uuid(x.VDI.clone(x.VDI.get_by_uuid(copy2), {}))
+    finally:
+        session.xenapi.session.logout()
+    drift(dep, vm, 8)
+    _run, m3, at3 = sr_copy_night(dep, vm)
+    assert (m3["backup_kind"], m3["base_backup"]) == ("incremental", f"{m2['created']}-{m2['run']}"), m3
+    assert stray not in {v["uuid"] for v in dep.sim.state()["pools"][POOL]["VDI"].values()}
+    assert dep.sim.vdi_info(m3["copied_vdis"][0]["uuid"])["sha256"] == at3
 
 
 def test_export_xva_of_an_incremental_backup_is_a_whole_importable_xva(deployment, nights, tmp_path):
