@@ -7,7 +7,8 @@ or name is reused (``VDI.get_snapshots`` of the system disk, cheap).  The
 XAPI task of the snapshot carries the run's marker, so a snapshot whose
 worker died before marking it is found through its task and marked then (looked
 for only when an earlier delivery started this stage: reading every task costs).
-Undone by: cleanup / compensation (VDI.destroy by marker or name).  Until
+Undone by: compensation (VDI.destroy by marker or name), and by cleanup in export mode; in
+repo and sr-copy modes cleanup keeps it as the VM's base for the next night (xapi/bases.py).  Until
 marked, a new snapshot carries only the system disk's own name, so one that
 cannot be marked is destroyed on the spot: nothing could find it later.
 """

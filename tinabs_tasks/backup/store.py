@@ -8,6 +8,12 @@ its checksum member, then hashed, compressed, encrypted and written by ``store_t
 threads under a temp name and renamed; nothing of the stream is written whole anywhere.  The
 index is written once every block it names is stored, the manifest after it: a backup without
 an index does not exist, and a crash before it leaves only orphan blocks that GC reclaims.
+Incremental nights: when the VM has a base to build on (``store_delta.plan``), only the
+backup VM's ova.xml and the system disk's VHD delta against the base are read, into a
+synthetic full index (``store_delta``); otherwise, or when the pool refuses the delta, the
+whole XVA is streamed as above.  Either way the manifest says how (``backup_kind``, and
+``full_reason`` or ``base_backup`` and ``chain``), and the cleanup stage makes the night's
+snapshot the VM's next base.
 Earlier attempt: a manifest for this run means done; this run's index without a manifest (a
 worker died between the two) gets its manifest now.
 Holds a pool slot and the run's lease, like the export stage.
