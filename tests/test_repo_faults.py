@@ -16,15 +16,17 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from helpers.pool_checks import litter
+from helpers.pool_checks import bases, litter
 from helpers.repo_checks import assert_one_repo_backup, assert_repo_consistent, config_variant, repo_files
 from helpers.small_fs import fill, free_bytes, tmpfs
+from helpers.xapi_http import guest_write
 from helpers.workers import WorkerProc
 
 from tinabs_tasks.repo import keys
@@ -197,4 +199,46 @@ def test_a_repository_disk_filling_up_mid_stream_fails_the_run_cleanly(deploymen
         (good,) = job["runs"]
         assert code == 0, good
         assert_one_repo_backup(dep, good, repo)
+        assert_repo_consistent(dep, repo)
+
+
+def test_a_repository_filling_up_mid_delta_fails_the_night_and_keeps_the_base(deployment, workers, tmp_path):
+    """An incremental night meets a full repository while it stores the delta's blocks: the run
+    fails with "no space left", not retried (not the pool's fault), adds no index or manifest and
+    leaves the VM's base as it was; with room again, the next night builds on that base."""
+    dep = deployment
+    with tmpfs(tmp_path / "filling-delta", 300) as mount:
+        config = _small_repository(dep, mount, "delta-repo")
+        workers("delta", config)
+        repo = open_repository(str(mount / "repo"), keys.read_key_file(str(dep.repo_key_file)))
+        code, job = _backup(dep, config)
+        assert code == 0, job
+        (first,) = job["runs"]
+        base = [b for b in bases(dep.sim.state()) if b["backup"] == first["backup_id"]]
+        assert len(base) == 1, bases(dep.sim.state())
+        system = base[0]["snapshot_of"]
+        state = dep.sim.state()["pools"]["pool-a"]
+        system_uuid = state["VDI"][system]["uuid"]
+        guest_write(dep.sim, system_uuid, 1 << 20, os.urandom(3 << 20))  # new data: new blocks to store
+        ids_before, dest_before = list_backups(repo), dep.files()
+        dep.sim.add_fault({"handler": "/export_raw_vdi", "delay_s": 3.0, "pool": "pool-a", "times": 1})
+        proc = subprocess.Popen([sys.executable, "-m", "tinabs_tasks.cli", "backup", "--vm", VM, "--mode", "repo",
+                                 "--wait", "--json"], env={**dep.env, "TINABS_CONFIG": config},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        dep.sim.wait_fired()
+        ballast = fill(mount)
+        out, _err = proc.communicate(timeout=180)
+        (run,) = json.loads(out)["runs"]
+        assert proc.returncode == 1 and run["state"] == "failed" and run["failed_stage"] == "store", run
+        assert run["error"].startswith("store: repository: no space left"), run["error"]
+        assert not run.get("retries"), run
+        assert list_backups(repo) == ids_before and dep.files() == dest_before
+        assert [b["uuid"] for b in bases(dep.sim.state()) if b["backup"] == first["backup_id"]] == [base[0]["uuid"]]
+        assert litter(dep.sim.state()) == {}
+        Path(ballast).unlink()
+        code, job = _backup(dep, config)
+        assert code == 0, job
+        (good,) = job["runs"]
+        manifest = json.loads(Path(good["manifest"]).read_text())
+        assert (manifest["backup_kind"], manifest["base_backup"]) == ("incremental", first["backup_id"])
         assert_repo_consistent(dep, repo)

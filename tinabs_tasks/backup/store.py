@@ -22,7 +22,6 @@ for GC (another backup may share them).
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
@@ -32,7 +31,7 @@ from tinabs_tasks.backup import incremental, store_delta
 from tinabs_tasks.backup.export import assert_writable, estimated_size
 from tinabs_tasks.repo import index as repo_index
 from tinabs_tasks.repo.configured import open_configured
-from tinabs_tasks.repo.errors import RepoError, RepoFull
+from tinabs_tasks.repo.errors import RepoError
 from tinabs_tasks.repo.xva_split import XvaSplitter
 from tinabs_tasks.storage import destination
 from tinabs_tasks.storage import manifest
@@ -128,7 +127,7 @@ def _stream(xapi, repo, bid: str, ctx: dict, report, beat, threads: int, meta: d
     splitter = XvaSplitter(repo, bid, meta=meta, threads=threads)
 
     def write(chunk) -> None:
-        with _storing(repo):
+        with store_delta.storing(repo):
             splitter.write(chunk)
         if beat.lost.is_set():
             raise StreamCut("lost the export lease (Redis unreachable?)")
@@ -139,7 +138,7 @@ def _stream(xapi, repo, bid: str, ctx: dict, report, beat, threads: int, meta: d
         size = transfer.download(xapi, "/export", {"ref": ctx["refs"]["backup_vm"]}, (write,),
                                  label=f"tinabs /export {bid} (repository)", run=ctx["run"],
                                  progress=lambda n: report.bytes(n))
-        with _storing(repo):
+        with store_delta.storing(repo):
             index = splitter.finish()
             repo_index.save_index(repo, index)
     except RepoError as exc:  # the pool sent something that is not a whole, sound XVA: retried
@@ -148,19 +147,6 @@ def _stream(xapi, repo, bid: str, ctx: dict, report, beat, threads: int, meta: d
         splitter.close()
     report.bytes(size, size, force=True)
     return index
-
-
-@contextlib.contextmanager
-def _storing(repo):
-    """A full disk or a write refused while storing is the repository's: a fix, never worth a retry
-    (other RepoErrors, a stream that is not a sound XVA, pass on: the pool's, retried)."""
-    try:
-        yield
-    except RepoFull as exc:
-        raise DestinationError(f"repository: {exc}") from None
-    except OSError as exc:
-        raise DestinationError(f"repository {repo.path}: {exc.strerror or exc} — check free space and that "
-                               "the worker may write there") from None
 
 
 def _write_manifest(ctx: dict, paths: dict, repo, index, xapi, transfer_s: float, estimate: int | None) -> dict:

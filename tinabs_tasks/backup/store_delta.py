@@ -17,21 +17,37 @@ the store stage takes a full backup instead, saying why.
 """
 from __future__ import annotations
 
+import contextlib
+
 import XenAPI
 
 from tinabs_tasks.backup import incremental
 from tinabs_tasks.backup.delta import DeltaChunks
 from tinabs_tasks.repo import index as repo_index
 from tinabs_tasks.repo import synthetic
-from tinabs_tasks.repo.errors import BlockMissing, RepoError
+from tinabs_tasks.repo.errors import BlockMissing, RepoError, RepoFull
 from tinabs_tasks.repo.xva_split import XvaSplitter
 from tinabs_tasks.xapi import transfer
-from tinabs_tasks.xapi.errors import StreamCut
+from tinabs_tasks.xapi.errors import DestinationError, StreamCut
 from tinabs_tasks.xapi.vhd_stream import VhdStreamError, VhdStreamReader
 
 
 class DeltaRefused(Exception):
     """The pool would not give the delta (a permanent error): back up in full; str() says why."""
+
+
+@contextlib.contextmanager
+def storing(repo):
+    """A full disk or a write refused while storing is the repository's: a fix, never worth a retry
+    (other RepoErrors, a stream that is not a sound XVA, pass on: the pool's, retried).  Wraps only
+    repository writes: an OSError of the transfer is the pool's or the network's."""
+    try:
+        yield
+    except RepoFull as exc:
+        raise DestinationError(f"repository: {exc}") from None
+    except OSError as exc:
+        raise DestinationError(f"repository {repo.path}: {exc.strerror or exc} — check free space and that "
+                               "the worker may write there") from None
 
 
 def plan(env, ctx: dict, repo):
@@ -100,7 +116,8 @@ def stream_delta(xapi, repo, bid: str, ctx: dict, report, beat, threads: int, p,
 
     def take_delta(piece) -> None:
         try:
-            reader.write(piece)
+            with storing(repo):  # (blocks are stored as the reader hands them on)
+                reader.write(piece)
         except VhdStreamError as exc:  # the pool's error page, or a corrupt image: its task says which
             raise StreamCut(f"the delta of the system disk is not a VHD image ({exc})") from None
         lease_kept()
@@ -115,7 +132,8 @@ def stream_delta(xapi, repo, bid: str, ctx: dict, report, beat, threads: int, p,
             reader.finish()
         except VhdStreamError as exc:
             raise StreamCut(f"the delta of the system disk ended early ({exc})") from None
-        changes = chunks.finish()
+        with storing(repo):
+            changes = chunks.finish()
     except XenAPI.Failure as exc:
         if not incremental.delta_refused(exc, ctx["pool"]):
             raise
@@ -124,17 +142,19 @@ def stream_delta(xapi, repo, bid: str, ctx: dict, report, beat, threads: int, p,
         chunks.close()
     rows_of = {disk.export_id: synthetic.apply_changes(base_rows, changes)}
     zeros = _ZeroBlocks(repo)
-    for other in layout:
-        if other.export_id != disk.export_id:
-            rows_of[other.export_id] = synthetic.empty_disk_rows(other, zeros.block)
-    _mark_reused(repo, rows_of, prev_index.backup_id)
+    with storing(repo):
+        for other in layout:
+            if other.export_id != disk.export_id:
+                rows_of[other.export_id] = synthetic.empty_disk_rows(other, zeros.block)
+        _mark_reused(repo, rows_of, prev_index.backup_id)
     index = synthetic.build(bid, head, layout, rows_of, checksum_kind, synthetic_of=prev_index.backup_id, meta=meta)
     index.figures.update({
         "transferred_bytes": meta_bytes + delta_bytes, "stored_bytes": chunks.stored_bytes + zeros.stored_bytes,
         "new_blocks": chunks.new_blocks + zeros.new_blocks,
         "reused_blocks": chunks.reused_blocks + zeros.reused_blocks + _unchanged(rows_of, changes, disk),
         "changed_chunks": len(changes), "changed_bytes": chunks.changed_bytes})
-    repo_index.save_index(repo, index)
+    with storing(repo):
+        repo_index.save_index(repo, index)
     report.bytes(delta_bytes, delta_bytes, force=True)
     return index
 
