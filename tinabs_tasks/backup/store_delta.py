@@ -120,6 +120,8 @@ def stream_delta(xapi, repo, bid: str, ctx: dict, report, beat, threads: int, p,
                 reader.write(piece)
         except VhdStreamError as exc:  # the pool's error page, or a corrupt image: its task says which
             raise StreamCut(f"the delta of the system disk is not a VHD image ({exc})") from None
+        except RepoError as exc:  # a block of the base backup that a partial VHD block needs, unreadable
+            raise DeltaRefused(f"the base backup cannot take the delta: {exc}") from None
         lease_kept()
 
     snapshot_uuid = xapi.x.VDI.get_uuid(ctx["refs"]["snapshot"])
