@@ -10,6 +10,8 @@ import copy
 
 import pytest
 
+from test_config_repository import _no_overrides  # noqa: F401  (autouse: no TINABS_* from the environment)
+
 from tinabs_tasks.config import model as config
 from tinabs_tasks.config.schedule_entries import describe_backup
 
@@ -18,12 +20,6 @@ GOOD = {"broker_url": "redis://127.0.0.1:6379/0", "destination": "/srv/backups",
                              "shared_sr": "nfs", "backup_sr": "backup"}},
         "schedule": {"timezone": "UTC", "daily": {"mode": "sr-copy"},
                      "backups": [{"name": "sunday", "cron": "0 3 * * 0", "all": True, "full": True}]}}
-
-
-@pytest.fixture(autouse=True)
-def _no_overrides(monkeypatch):
-    for name in ("TINABS_BROKER_URL", "TINABS_RESULT_BACKEND", "TINABS_SECRETS_DIR", "CREDENTIALS_DIRECTORY"):
-        monkeypatch.delenv(name, raising=False)
 
 
 def _parse(change=None):
