@@ -178,6 +178,17 @@ def test_sr_copy_second_night_copies_only_the_changes(deployment, nights):
     assert (m3["backup_kind"], m3["base_backup"]) == ("incremental", f"{m2['created']}-{m2['run']}"), m3
     assert stray not in {v["uuid"] for v in dep.sim.state()["pools"][POOL]["VDI"].values()}
     assert dep.sim.vdi_info(m3["copied_vdis"][0]["uuid"])["sha256"] == at3
+    # and so does a full night (--full): a stray clone of the base's copy never outlives a night
+    session = dep.sim.session(0)
+    try:
+        x = session.xenapi
+        stray = x.VDI.get_uuid(x.VDI.clone(x.VDI.get_by_uuid(m3["copied_vdis"][0]["uuid"]), {}))
+    finally:
+        session.xenapi.session.logout()
+    code, job = dep.backup("--vm", vm["uuid"], "--pool", POOL, "--mode", "sr-copy", "--full")
+    assert code == 0, job
+    assert json.loads(Path(job["runs"][0]["manifest"]).read_text())["backup_kind"] == "full"
+    assert stray not in {v["uuid"] for v in dep.sim.state()["pools"][POOL]["VDI"].values()}
 
 
 def test_export_xva_of_an_incremental_backup_is_a_whole_importable_xva(deployment, nights, tmp_path):

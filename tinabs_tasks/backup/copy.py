@@ -38,6 +38,8 @@ def run(env, ctx: dict) -> dict:
         plan = incremental.choose(xapi, ctx, "sr-copy", destination=env.destination, full_every=env.full_every,
                                     stage="copy")
         previous = None
+        if plan.seen is not None and plan.seen.mode == "sr-copy":  # whatever tonight takes
+            copy_delta.remove_stray_clones_of(x, plan.seen.copy_uuid)
         if plan.incremental:
             previous, why = incremental.copy_of_base(x, plan.base, backup_sr)
             if previous is None:

@@ -11,8 +11,8 @@ and pruning the older copy leaves it whole (the SR's copy-on-write keeps what th
 A clone starts with the copy's own markers (``tinabs:keep`` of the other run), so it is marked
 for this run, role ``system-copy-delta``, at once; the role becomes ``system-copy`` once the
 delta is written.  A worker that dies between the clone and its marking leaves a clone that
-looks like the old copy (same name and markers, another uuid): the next clone of that copy
-removes such strays first (``_remove_stray_clones``).
+looks like the old copy (same name and markers, another uuid): the next sr-copy night of
+that VM, full or incremental, removes such strays first (``remove_stray_clones_of``).
 """
 from __future__ import annotations
 
@@ -39,7 +39,6 @@ def copy_changes(xapi, ctx: dict, base, previous: str, backup_sr: str, label: st
     x = xapi.x
     clone = markers.find_named(x, "VDI", label, ctx["run"])  # an earlier attempt's pending clone
     if clone is None:
-        _remove_stray_clones(x, previous)
         clone = xapi.call_async_marked("VDI.clone", previous, {}, run=ctx["run"])
         markers.replace(x, "VDI", clone, ctx, DELTA_PENDING)
         x.VDI.set_name_label(clone, label)
@@ -64,8 +63,22 @@ def remove_pending(x, label: str, run: str) -> None:
             run_objects.destroyed(x.VDI.destroy, clone)
 
 
+def remove_stray_clones_of(x, copy_uuid: str | None) -> None:
+    """Clones of the copy ``copy_uuid`` (the base's backup copy) that a dead worker left unmarked:
+    its name, its run, kept, another uuid.  Called every sr-copy night of a VM with a base, full
+    or not, so none outlives the next night."""
+    if not copy_uuid:
+        return
+    try:
+        ref = x.VDI.get_by_uuid(copy_uuid)
+    except XenAPI.Failure as exc:
+        if exc.details and exc.details[0] in ("UUID_INVALID", "HANDLE_INVALID"):
+            return  # the copy itself is gone (pruned): its strays look like nothing any more
+        raise
+    _remove_stray_clones(x, ref)
+
+
 def _remove_stray_clones(x, previous: str) -> None:
-    """Clones of ``previous`` a dead worker left unmarked: its name, its run, kept, another uuid."""
     rec = x.VDI.get_record(previous)
     run = (rec.get("other_config") or {}).get(markers.RUN)
     for ref in x.VDI.get_by_name_label(rec["name_label"]):

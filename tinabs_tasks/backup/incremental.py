@@ -63,6 +63,8 @@ class Plan:
     chain: int = 0
     #: the VM has bases of another disk (its system disk was replaced): cleanup retires them
     stray_bases: bool = False
+    #: the VM's newest base, whatever the plan (sr-copy removes stray clones of its copy)
+    seen: bases.Base | None = None
 
     @property
     def incremental(self) -> bool:
@@ -80,9 +82,15 @@ def full(reason: str, stray: bool = False) -> Plan:
 
 
 def choose(xapi, ctx: dict, mode: str, *, destination: str, full_every: int = 0, stage: str = "") -> Plan:
-    """The plan before the mode's own checks (``repo_plan`` / ``copy_plan`` add theirs)."""
+    """The plan before the mode's own checks (``store_delta.plan`` / ``copy.run`` add theirs)."""
+    found = bases.of_disk(xapi.x, ctx["refs"]["system_vdi"])
+    plan = _choose(xapi, ctx, mode, found, destination, full_every, stage)
+    plan.seen = found[0] if found else None
+    return plan
+
+
+def _choose(xapi, ctx: dict, mode: str, found: list, destination: str, full_every: int, stage: str) -> Plan:
     x = xapi.x
-    found = bases.of_disk(x, ctx["refs"]["system_vdi"])
     if ctx.get("full"):
         return full(f"{ASKED} ({ctx['full']})" if isinstance(ctx["full"], str) else ASKED)
     if not found:
