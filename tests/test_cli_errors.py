@@ -325,3 +325,19 @@ def test_an_error_nobody_foresaw_is_one_line_too(capsys):
         err = capsys.readouterr().err
         assert err.startswith(f"tinabs: lost the broker: {exc} — is Redis running") and err.count("\n") == 1
         assert "`tinabs status` follows them" in err
+
+
+@pytest.mark.parametrize("args", [("list",), ("list", "--json"), ("status",), ("status", "{job}"),
+                                  ("status", "{job}", "--json")], ids=lambda a: " ".join(a))
+def test_a_reader_that_goes_away_ends_the_command_quietly(deployment, backup, args):
+    """`tinabs list | head`: the reader has gone before the command writes.  It ends as any Unix
+    filter does when its pipe is closed (status 141, 128 + SIGPIPE), saying nothing: no
+    "unexpected error", no "Exception ignored" at exit."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone: every write to the pipe fails (EPIPE)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "tinabs_tasks.cli", *(a.format(job=backup["job"]) for a in args)],
+                              env=deployment.env, stdout=write, stderr=subprocess.PIPE, text=True, timeout=FAST_S)
+    finally:
+        os.close(write)
+    assert (proc.returncode, proc.stderr) == (141, ""), proc.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 
 #: subcommand -> (module, help)
@@ -67,7 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     from tinabs_tasks.cli.common import UserError, fail
     from tinabs_tasks.config.model import ConfigError
     try:
-        return args.run(args)
+        status = args.run(args)
+        sys.stdout.flush()  # here, not at exit: a reader gone is seen below, not as "Exception ignored"
+        return status
+    except BrokenPipeError:
+        return reader_gone()
     except (UserError, ConfigError) as exc:
         return fail(str(exc))
     except KeyboardInterrupt:
@@ -76,6 +81,16 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("TINABS_DEBUG"):
             raise
         return unexpected(exc)
+
+
+def reader_gone() -> int:
+    """The command's reader went away (`tinabs list | head`): end quietly, as a Unix filter killed
+    by SIGPIPE does (status 141).  Python ignores SIGPIPE, so the write raised instead; stdout now
+    points at /dev/null, so the interpreter's last flush at exit has nowhere to fail."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 def unexpected(exc: Exception) -> int:
