@@ -176,6 +176,8 @@ def test_a_fault_that_never_clears_fails_the_vm_after_the_configured_retries(dep
     new = set(dep.files()) - before
     assert new == set()
     _assert_clean(dep, new)
+    # And no empty VM folder is left behind (a folder the failed export made holds nothing)
+    assert [d for d in dep.dest.glob("*/*") if d.is_dir() and not any(d.iterdir())] == []
 
 
 # -- 4. compensation is idempotent -------------------------------------------------

@@ -7,9 +7,11 @@ is free and what to do, retries nothing, and leaves nothing on the pool or in th
 from __future__ import annotations
 
 import os
+import re
 
 from helpers.deployment import TEST_TUNING, Deployment
 from helpers.pool_checks import litter
+from helpers.small_fs import tmpfs
 
 SIM_ARGS = ("--pools", "1", "--vms-per-pool", "3", "--disk-mib", "8")
 
@@ -24,7 +26,7 @@ def test_a_destination_without_room_fails_fast_and_cleanly(redis_server, tmp_pat
         assert status == 1, job
         (run,) = job["runs"]
         assert run["state"] == "failed" and run["failed_stage"] == "export"
-        assert "GB free" in run["error"] and "reserve_free_bytes" in run["error"], run["error"]
+        assert " free (keeping " in run["error"] and "reserve_free_bytes" in run["error"], run["error"]
         assert "retries" not in run  # a full disk is not retried
         assert dep.files() == []
         assert litter(dep.sim.state()) == {}
@@ -49,3 +51,24 @@ def test_the_size_estimate_is_never_below_the_real_backup(redis_server, tmp_path
         dep.stop()
     assert size == os.path.getsize(run["path"])
     assert size <= estimate <= int(size * 1.5) + (8 << 20), (size, estimate)
+
+
+def test_a_small_destination_says_its_figures_in_units_that_show_them(redis_server, tmp_path):
+    """A destination with a few MB free, and a backup of a few MB: the message gives both in MB,
+    never "0.0 GB free ... needs about 0.0 GB"."""
+    dep = Deployment(tmp_path, redis_server, SIM_ARGS)
+    try:
+        with tmpfs(dep.dest, 2):
+            dep.redis.flushdb()
+            dep.start_worker("w1")
+            status, job = dep.backup("--vm", "db-01", "--pool", "pool-a")
+            assert status == 1, job
+            (run,) = job["runs"]
+            error = run["error"]
+            assert run["failed_stage"] == "export" and "0.0 GB" not in error, error
+            assert re.search(r"has \d+\.\d MB free \(keeping 0 B in reserve\) but this backup needs about "
+                             r"\d+\.\d MB", error), error
+            assert dep.files() == [] and litter(dep.sim.state()) == {}
+            dep.stop()
+    finally:
+        dep.stop()

@@ -267,7 +267,7 @@ def _bad_destination(dep, tmp_path: Path, kind: str) -> tuple[dict, Path, tuple[
         says = (f"destination {tmp_path / 'not-mounted'} is not writable (it does not exist)",)
     else:  # full: a real statvfs, and a reserve no disk has
         config["limits"]["reserve_free_bytes"] = 10 ** 18
-        says = ("GB free", "reserve_free_bytes")
+        says = (" free (keeping ", "reserve_free_bytes")
     if kind != "full":
         says += ("nothing was exported", "make it a directory the worker user can write to")
     return config, blocker, says

@@ -111,7 +111,8 @@ def remove_pool_objects(xapi, run: str, keep_kept: bool = True, vdis: dict | Non
 
 
 def remove_files(ctx: dict, dest: str, repository: str | None = None) -> list[str]:
-    """Every file of the run: partial, complete and manifest (manifest first: it makes a backup);
+    """Every file of the run: partial, complete and manifest (manifest first: it makes a backup),
+    then the VM's folder if that leaves it empty;
     in repo mode its index in the ``repository`` (a path) too, after the manifest (blocks stay
     for GC: other backups may share them)."""
     paths = destination.backup_paths(ctx, dest)
@@ -119,6 +120,10 @@ def remove_files(ctx: dict, dest: str, repository: str | None = None) -> list[st
     found = [p for p in (paths["manifest"], paths["data"]) if p and os.path.exists(p)]
     found += glob.glob(glob.escape(base) + "*.partial")
     destination.remove_quietly(*found)
+    try:  # the VM's folder, when this run made it and nothing else is in it: no empty folder left
+        os.rmdir(paths["dir"])
+    except OSError:
+        pass  # not empty (the VM's other backups), or never made
     if ctx["mode"] == "repo" and repository:
         bid = store.backup_id(ctx)
         if repo_index.remove_index_file(repository, bid):

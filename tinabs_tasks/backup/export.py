@@ -20,6 +20,7 @@ import os
 import shutil
 import time
 
+from tinabs_tasks.runs.human import human_bytes
 from tinabs_tasks.storage import destination
 from tinabs_tasks.storage import manifest
 from tinabs_tasks.xapi import transfer
@@ -77,8 +78,8 @@ def assert_room(dest: str, needed: int, reserve: int) -> None:
     with _local(dest):
         free = shutil.disk_usage(dest).free
     if free - reserve < needed:
-        raise DestinationError(f"destination {dest} has {free / 1e9:.1f} GB free (keeping {reserve / 1e9:.1f} GB "
-                               f"in reserve) but this backup needs about {needed / 1e9:.1f} GB — free space, "
+        raise DestinationError(f"destination {dest} has {human_bytes(free)} free (keeping {human_bytes(reserve)} "
+                               f"in reserve) but this backup needs about {human_bytes(needed)} — free space, "
                                "prune old backups (tinabs prune) or lower [limits] reserve_free_bytes")
 
 
