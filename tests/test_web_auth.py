@@ -127,6 +127,18 @@ def test_the_console_does_not_start_without_a_good_password(dep):
         assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
+def test_the_console_on_a_busy_port_says_so_before_serving(dep):
+    """`tinabs web` where another program holds the port: one clear line (exit 2), never "serving
+    the console on ..." followed by a failure."""
+    for listen in (f"127.0.0.1:{dep.web.port}", "192.0.2.1:8080"):  # held by the running console; not this host's
+        proc = subprocess.run([sys.executable, "-m", "tinabs_tasks.cli", "web", "--listen", listen],
+                              env={**dep.env, "TINABS_WEB_PASSWORD": PASSWORD}, capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 2 and "serving" not in proc.stdout, proc.stdout + proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"tinabs: cannot listen on {listen}:"), proc.stderr
+
+
 def _logged_in(dep) -> WebClient:
     client = WebClient(dep.web.base)
     assert client.login("admin", PASSWORD).status == 303
