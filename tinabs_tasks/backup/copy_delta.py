@@ -67,19 +67,12 @@ def remove_stray_clones_of(x, copy_uuid: str | None) -> None:
     """Clones of the copy ``copy_uuid`` (the base's backup copy) that a dead worker left unmarked:
     its name, its run, kept, another uuid.  Called every sr-copy night of a VM with a base, full
     or not, so none outlives the next night."""
-    if not copy_uuid:
-        return
-    try:
-        ref = x.VDI.get_by_uuid(copy_uuid)
-    except XenAPI.Failure as exc:
-        if exc.details and exc.details[0] in ("UUID_INVALID", "HANDLE_INVALID"):
-            return  # the copy itself is gone (pruned): its strays look like nothing any more
-        raise
-    _remove_stray_clones(x, ref)
+    found = run_objects.by_uuid(x, "VDI", copy_uuid) if copy_uuid else run_objects.GONE
+    if found is not run_objects.GONE:  # (a copy gone, pruned: its strays look like nothing any more)
+        _remove_stray_clones(x, *found)
 
 
-def _remove_stray_clones(x, previous: str) -> None:
-    rec = x.VDI.get_record(previous)
+def _remove_stray_clones(x, previous: str, rec: dict) -> None:
     run = (rec.get("other_config") or {}).get(markers.RUN)
     for ref in x.VDI.get_by_name_label(rec["name_label"]):
         if ref == previous:

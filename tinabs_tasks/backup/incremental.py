@@ -29,6 +29,7 @@ import XenAPI
 from tinabs_tasks.storage import catalog
 from tinabs_tasks.xapi import bases
 from tinabs_tasks.xapi import markers
+from tinabs_tasks.xapi import run_objects
 from tinabs_tasks.xapi.errors import classify
 
 ASKED = "a full backup was asked for"
@@ -129,13 +130,10 @@ def copy_of_base(x, base: bases.Base, backup_sr: str) -> tuple[str | None, str |
     built on)."""
     if not base.copy_uuid:
         return None, "the VM's base names no copy on the backup SR"
-    try:
-        ref = x.VDI.get_by_uuid(base.copy_uuid)
-        rec = x.VDI.get_record(ref)
-    except XenAPI.Failure as exc:
-        if exc.details and exc.details[0] in ("UUID_INVALID", "HANDLE_INVALID"):
-            return None, f"the copy of backup {base.backup_id} on the backup SR is gone (pruned?)"
-        raise
+    found = run_objects.by_uuid(x, "VDI", base.copy_uuid)
+    if found is run_objects.GONE:
+        return None, f"the copy of backup {base.backup_id} on the backup SR is gone (pruned?)"
+    ref, rec = found
     other = rec.get("other_config") or {}
     if other.get(markers.KEEP) != "true":
         return None, f"the copy of backup {base.backup_id} is no longer a kept backup copy"

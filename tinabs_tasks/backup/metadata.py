@@ -34,8 +34,7 @@ def run(env, ctx: dict) -> dict:
     extra = {"backup_sr": {"uuid": x.SR.get_uuid(sr), "name": x.SR.get_name_label(sr)},
              "copied_vdis": [{"uuid": x.VDI.get_uuid(copy), "userdevice": "0",
                               "virtual_size": int(x.VDI.get_virtual_size(copy))}],
-             **{k: v for k, v in ctx.get("kind", {}).items()
-                if (k in manifest.KIND_FIELDS and v is not None) or (k == "stray_bases" and v)}}
+             **manifest.kind_fields(ctx.get("kind", {}))}
     manifest.write(ctx, paths, size=size, sha256=digest, transfer_s=time.time() - began, xapi=xapi, extra=extra)
     ctx["result"] = {"path": paths["data"], "manifest": paths["manifest"], "size": size, "sha256": digest,
                      **{k: extra[k] for k in manifest.KIND_FIELDS if extra.get(k) is not None}}

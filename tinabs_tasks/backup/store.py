@@ -151,8 +151,7 @@ def _stream(xapi, repo, bid: str, ctx: dict, report, beat, threads: int, meta: d
 
 def _write_manifest(ctx: dict, paths: dict, repo, index, xapi, transfer_s: float, estimate: int | None) -> dict:
     figures = index.figures
-    kind = {k: v for k, v in (index.meta.get("kind") or {}).items()
-            if (k in manifest.KIND_FIELDS and v is not None) or (k == "stray_bases" and v)}
+    kind = manifest.kind_fields(index.meta.get("kind") or {})
     extra = {"backup_id": index.backup_id, **kind,
              "repository": {"path": repo.path, "id": repo.config.id},
              **{k: int(figures.get(k, 0)) for k in FIGURES},

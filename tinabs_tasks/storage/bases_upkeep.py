@@ -18,11 +18,11 @@ from __future__ import annotations
 import XenAPI
 
 from tinabs_tasks.xapi import bases
+from tinabs_tasks.xapi import run_objects
 
 VM_GONE = "its VM no longer exists on the pool"
 #: ``.format(backup_id=...)``: the newest base's backup
 SUPERSEDED = "the VM has a newer base (backup {backup_id})"
-_NOT_FOUND = ("UUID_INVALID", "HANDLE_INVALID")
 
 
 def row(pool: str, base: bases.Base, vm_name: str | None) -> dict:
@@ -42,12 +42,8 @@ def vm_names(x, uuids) -> dict[str, str | None]:
         if not uuid:
             out[uuid] = None
             continue
-        try:
-            out[uuid] = x.VM.get_name_label(x.VM.get_by_uuid(uuid))
-        except XenAPI.Failure as exc:
-            if not exc.details or exc.details[0] not in _NOT_FOUND:
-                raise
-            out[uuid] = None
+        found = run_objects.by_uuid(x, "VM", uuid)
+        out[uuid] = None if found is run_objects.GONE else found[1]["name_label"]
     return out
 
 

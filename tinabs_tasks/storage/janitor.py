@@ -44,6 +44,7 @@ from tinabs_tasks.storage import destination
 from tinabs_tasks.storage import retention
 from tinabs_tasks.xapi import bases as base_snapshots
 from tinabs_tasks.xapi import markers
+from tinabs_tasks.xapi import run_objects
 
 ACTIVE_STATES = ("queued", "running", "retrying", "failing")
 LITTER_CLASSES = ("VM", "VDI")  # VBDs go with their VM / VDI; tasks are xapi's to collect
@@ -132,13 +133,10 @@ def _foreign_repository(b: catalog.Backup, repository: str | None) -> str | None
 
 def _kept_vdi(x, uuid: str, run: str):
     """(ref, None) for the run's kept copy with this uuid, else (None, why not)."""
-    try:
-        ref = x.VDI.get_by_uuid(uuid)
-        rec = x.VDI.get_record(ref)
-    except XenAPI.Failure as exc:
-        if exc.details[0] in ("UUID_INVALID", "HANDLE_INVALID"):
-            return None, "already gone"
-        raise
+    found = run_objects.by_uuid(x, "VDI", uuid)
+    if found is run_objects.GONE:
+        return None, "already gone"
+    ref, rec = found
     other = rec.get("other_config") or {}
     if other.get(markers.KEEP) != "true" or other.get(markers.RUN) != run:
         return None, f"not a kept copy of run {run} (keep={other.get(markers.KEEP)!r}, " \

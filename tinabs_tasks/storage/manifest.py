@@ -16,6 +16,13 @@ KIND_FIELDS = ("backup_kind", "full_reason", "base_backup", "chain")
 RESULT_FIELDS = REPO_FIELDS + KIND_FIELDS
 
 
+def kind_fields(kind: dict) -> dict:
+    """What a manifest records of how its backup was taken, from a stage's ``kind``: the
+    KIND_FIELDS it has, and ``stray_bases`` when true (cleanup retires the VM's other bases)."""
+    return {k: v for k, v in kind.items()
+            if (k in KIND_FIELDS and v is not None) or (k == "stray_bases" and v)}
+
+
 def earlier_result(ctx: dict, paths: dict) -> dict | None:
     """The result of an earlier attempt of this run that completed: its manifest exists."""
     done = destination.read_manifest(paths["manifest"])

@@ -32,6 +32,19 @@ def unless_gone(fn, ref):
         raise
 
 
+def by_uuid(x, cls: str, uuid: str):
+    """(ref, record) of the ``cls`` object with this uuid; GONE when there is none (never was, or
+    removed by someone else, even between the two lookups)."""
+    api = getattr(x, cls)
+    try:
+        ref = api.get_by_uuid(uuid)
+        return ref, api.get_record(ref)
+    except XenAPI.Failure as exc:
+        if exc.details and exc.details[0] in ("UUID_INVALID", "HANDLE_INVALID"):
+            return GONE
+        raise
+
+
 def destroyed(fn, ref) -> bool:
     """``fn(ref)`` (a destroy); False when the object was already gone."""
     return unless_gone(fn, ref) is not GONE
